@@ -1,0 +1,122 @@
+#!/usr/bin/env python3
+"""The project's two commands: `python3 dev.py demo` and `python3 dev.py test`.
+
+Each creates or updates the environment it needs from the lock file (uv.lock), so a
+fresh machine with only python3 and pip needs nothing else:
+
+  .tools/     a tiny virtualenv holding the pinned `uv` resolver/installer
+  .venv/        TF 2.14.1 + TensorFlow Federated 0.87 (the default environment)
+  .venv-latest/ the newest TensorFlow (2.21, Keras 3), for the data-parallel half
+
+`uv sync --frozen` installs exactly what uv.lock pins and is a no-op when the
+environment is already in sync. The lock carries an override of TFF's jax/jaxlib
+pin (see pyproject.toml [tool.uv]), which is why plain pip cannot install TFF.
+
+Other commands: `python3 dev.py bench NAME [args]` runs benchmarks/NAME.py,
+`python3 dev.py env [default|latest]` only prepares an environment.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import venv
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent
+UV_VERSION = "0.13.9"
+TOOLS = ROOT / ".tools"
+ENVIRONMENTS = {
+    # name: (folder, extras)
+    "default": (ROOT / ".venv", ["federated", "dev"]),
+    "latest": (ROOT / ".venv-latest", ["latest", "dev"]),
+}
+
+
+def _run(cmd: list[str], **kwargs) -> int:
+    print("+", " ".join(str(c) for c in cmd), flush=True)
+    return subprocess.call([str(c) for c in cmd], **kwargs)
+
+
+def _uv() -> Path:
+    uv = TOOLS / "bin" / "uv"
+    if uv.exists():
+        out = subprocess.run([uv, "--version"], capture_output=True, text=True).stdout
+        if UV_VERSION in out:
+            return uv
+    if not (TOOLS / "bin" / "python").exists():
+        venv.EnvBuilder(with_pip=True, clear=True).create(TOOLS)
+    code = _run([TOOLS / "bin" / "python", "-m", "pip", "install", "--quiet", f"uv=={UV_VERSION}"])
+    if code != 0:
+        sys.exit(f"dev.py: could not install uv=={UV_VERSION} with pip (exit {code}).")
+    return uv
+
+
+def ensure_env(name: str) -> Path:
+    """Creates or updates environment `name`; returns its python."""
+    folder, extras = ENVIRONMENTS[name]
+    # The interpreter running this script (3.11, the only one TFF 0.87 and the lock
+    # support); uv must not try to download another.
+    cmd = [_uv(), "sync", "--frozen", "--python", sys.executable, "--no-python-downloads", "--quiet"]
+    for extra in extras:
+        cmd += ["--extra", extra]
+    env = dict(os.environ, UV_PROJECT_ENVIRONMENT=str(folder))
+    if _run(cmd, cwd=ROOT, env=env) != 0:
+        sys.exit(f"dev.py: creating the {name} environment in {folder} failed.")
+    return folder / "bin" / "python"
+
+
+def _quiet_env() -> dict[str, str]:
+    return dict(os.environ, TF_CPP_MIN_LOG_LEVEL=os.environ.get("TF_CPP_MIN_LOG_LEVEL", "2"))
+
+
+def demo(args: list[str]) -> int:
+    python = ensure_env("default")
+    return _run([python, ROOT / "examples" / "demo.py", *args], cwd=ROOT, env=_quiet_env())
+
+
+def test(args: list[str]) -> int:
+    """The whole suite in the default environment, then the data-parallel tests on the newest TF."""
+    python = ensure_env("default")
+    code = _run([python, "-m", "pytest", *args], cwd=ROOT, env=_quiet_env())
+    latest = ensure_env("latest")
+    code_latest = _run(
+        [latest, "-m", "pytest", "-m", "distributed", *args], cwd=ROOT, env=_quiet_env()
+    )
+    print(
+        f"dev.py test: default environment (TF 2.14 + TFF) exit {code}; "
+        f"newest TensorFlow (data-parallel tests) exit {code_latest}",
+        flush=True,
+    )
+    return code or code_latest
+
+
+def bench(args: list[str]) -> int:
+    if not args:
+        names = sorted(p.stem for p in (ROOT / "benchmarks").glob("*.py"))
+        sys.exit(f"usage: python3 dev.py bench NAME [args]; NAME is one of {names}")
+    python = ensure_env("default")
+    script = ROOT / "benchmarks" / f"{args[0]}.py"
+    return _run([python, script, *args[1:]], cwd=ROOT, env=_quiet_env())
+
+
+def main(argv: list[str]) -> int:
+    if sys.version_info[:2] != (3, 11):
+        sys.exit(
+            f"dev.py: run me with Python 3.11 (TensorFlow Federated 0.87 supports "
+            f"<3.12; the lock is for 3.11). This is Python {sys.version.split()[0]}."
+        )
+    commands = {"demo": demo, "test": test, "bench": bench}
+    if not argv or argv[0] not in (*commands, "env"):
+        print(__doc__)
+        return 2
+    if argv[0] == "env":
+        for name in argv[1:] or ["default"]:
+            ensure_env(name)
+        return 0
+    return commands[argv[0]](argv[1:])
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,1 @@
+"""Federated training with TensorFlow Federated 0.87 (the `fit_federated` half)."""

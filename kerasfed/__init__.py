@@ -1,1 +1,64 @@
-"""kerasfed."""
+"""kerasfed: train a compiled Keras model data-parallel or by federated simulation.
+
+Two calls, one shape (a compiled Keras model in, a Keras ``History`` with the
+trained ``.model`` out):
+
+- ``fit_distributed``: synchronous data-parallel training under ``tf.distribute``
+  (MirroredStrategy on one host, MultiWorkerMirroredStrategy across processes
+  and hosts configured by ``TF_CONFIG``; see ``kerasfed launch``).
+- ``fit_federated``: federated-learning simulation on TensorFlow Federated
+  (FedAvg and its family over many simulated clients).
+
+Names are imported lazily: ``import kerasfed`` does not import TensorFlow, so the
+``kerasfed launch`` command starts in a fraction of a second.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+from kerasfed._version import __version__
+
+# Public name -> module that defines it.
+_EXPORTS = {
+    # Data-parallel training.
+    "fit_distributed": "kerasfed.distributed.fit",
+    "use_logical_cpus": "kerasfed.distributed.devices",
+    "TFConfigError": "kerasfed.distributed.tf_config",
+    # Federated simulation.
+    "fit_federated": "kerasfed.federated.fit",
+    "partition": "kerasfed.federated.partition",
+    "PartitionError": "kerasfed.federated.partition",
+    "ClientData": "kerasfed.federated.client_data",
+    "as_client_data": "kerasfed.federated.client_data",
+    "ClientDataError": "kerasfed.federated.client_data",
+    "ClientDataTypeError": "kerasfed.federated.client_data",
+    "FedAvg": "kerasfed.federated.algorithms",
+    "FedProx": "kerasfed.federated.algorithms",
+    "FedSGD": "kerasfed.federated.algorithms",
+    "MimeLite": "kerasfed.federated.algorithms",
+    "ServerSGD": "kerasfed.federated.server_optimizers",
+    "ServerAdam": "kerasfed.federated.server_optimizers",
+    "ServerYogi": "kerasfed.federated.server_optimizers",
+    "ServerAdagrad": "kerasfed.federated.server_optimizers",
+    "FederatedUnavailableError": "kerasfed._compat",
+    # Shared.
+    "ModelError": "kerasfed._keras_model",
+    "ModelTypeError": "kerasfed._keras_model",
+}
+
+__all__ = sorted(["__version__", *_EXPORTS])
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'kerasfed' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value  # later lookups skip __getattr__
+    return value
+
+
+def __dir__() -> list[str]:
+    return __all__

@@ -1,0 +1,105 @@
+"""FedProx: FedAvg whose clients stay close to the round's server model.
+
+Li, Sahu, Zaheer, Sanjabi, Talwalkar, Smith (2020), "Federated Optimization in
+Heterogeneous Networks", MLSys; arXiv:1812.06127.
+
+Each client minimises its loss plus ``mu/2 * ||w - w_t||**2`` (``w_t``: the model
+it received), which limits client drift on heterogeneous data; aggregation is
+FedAvg's. ``mu=0`` is exactly FedAvg. Li et al. tune ``mu`` in
+{0.001, 0.01, 0.1, 1}.
+
+kerasfed does *not* use ``tff.learning.algorithms.build_weighted_fed_prox``: in
+TFF 0.87 its proximal term has the wrong sign (see ``_proximal``). It builds
+TFF's FedAvg with the client optimizer wrapped so that each gradient gains
+``mu * (w - w_t)``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import numbers
+import warnings
+from typing import Any, Optional
+
+from kerasfed.federated.algorithms._base import (
+    Algorithm,
+    AlgorithmError,
+    AlgorithmTypeError,
+    ModelFn,
+    check_bool,
+    check_build_args,
+    require_tff,
+    weighting_for,
+)
+from kerasfed.federated.algorithms.fedavg import FedAvg
+
+
+@dataclasses.dataclass(frozen=True)
+class FedProx(Algorithm):
+    """FedProx.
+
+    Attributes:
+      mu: Proximal strength, a finite float >= 0. Default 0.01. 0 warns: it is FedAvg.
+      weighted: Weight client updates by their numbers of examples (default True).
+
+    Example:
+      >>> FedProx(mu=0.1).name
+      'fedprox'
+    """
+
+    mu: float = 0.01
+    weighted: bool = True
+
+    def __post_init__(self) -> None:
+        if isinstance(self.mu, bool) or not isinstance(self.mu, numbers.Real):
+            raise AlgorithmTypeError(
+                f"Expected `mu` of FedProx to be a float >= 0. Received: mu={self.mu!r} "
+                f"of type {type(self.mu).__name__}."
+            )
+        if not (math.isfinite(self.mu) and self.mu >= 0):
+            raise AlgorithmError(
+                f"Expected `mu` of FedProx to be a finite float >= 0. Received: "
+                f"mu={self.mu!r}. Li et al. use values in {{0.001, 0.01, 0.1, 1}}."
+            )
+        check_bool("FedProx", "weighted", self.weighted)
+        object.__setattr__(self, "mu", float(self.mu))
+        if self.mu == 0:
+            warnings.warn(
+                "FedProx with mu=0.0 has no proximal term: it is FedAvg. Pass mu > 0 "
+                "(e.g. FedProx(mu=0.01)) or use algorithm='fedavg'.",
+                UserWarning,
+                # 1: this line, 2: the dataclass-generated __init__, 3: the caller.
+                stacklevel=3,
+            )
+
+    @property
+    def name(self) -> str:
+        return "fedprox" if self.weighted else "fedprox_unweighted"
+
+    def build(
+        self,
+        *,
+        model_fn: ModelFn,
+        client_optimizer: Any,
+        server_optimizer: Any,
+        model_aggregator: Optional[Any] = None,
+    ) -> Any:
+        tff = require_tff()
+        check_build_args(
+            tff, self.name, model_fn,
+            {"client_optimizer": client_optimizer, "server_optimizer": server_optimizer},
+        )
+        # Checked here too so that errors name FedProx, not the FedAvg it builds.
+        weighting_for(
+            tff, self.name, model_aggregator, weighted=self.weighted,
+            unweighted_variant=f"FedProx(mu={self.mu}, weighted=False)",
+        )
+        from kerasfed.federated.algorithms._proximal import ProximalOptimizer  # noqa: PLC0415
+
+        return FedAvg(weighted=self.weighted).build(
+            model_fn=model_fn,
+            client_optimizer=ProximalOptimizer(client_optimizer, self.mu),
+            server_optimizer=server_optimizer,
+            model_aggregator=model_aggregator,
+        )

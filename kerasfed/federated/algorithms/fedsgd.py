@@ -1,0 +1,68 @@
+"""Federated SGD (FedSGD).
+
+McMahan, Moore, Ramage, Hampson, Agüera y Arcas (2017), "Communication-Efficient
+Learning of Deep Networks from Decentralized Data", AISTATS; arXiv:1602.05629
+(the FedSGD baseline).
+
+Each round every selected client computes the gradient of its loss over *all* its
+local data at the received model (batch by batch, without updating the model,
+weighted by batch size, i.e. the gradient of its mean loss). The server averages
+these gradients weighted by the clients' numbers of examples and takes one step
+with the **server optimizer**: with server SGD, ``w -= server_lr * mean_gradient``.
+Clients train nothing, so the client optimizer (the compiled Keras optimizer) is
+not used (``FedSGD.uses_client_optimizer`` is False) and the server learning rate
+is FedSGD's learning rate (TFF's default for FedSGD is 0.1, not FedAvg's 1.0).
+Built with ``tff.learning.algorithms.build_fed_sgd``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, ClassVar, Optional
+
+from kerasfed.federated.algorithms._base import (
+    Algorithm,
+    ModelFn,
+    check_build_args,
+    require_tff,
+    weighting_for,
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class FedSGD(Algorithm):
+    """Federated SGD: one server step per round on the example-weighted mean gradient.
+
+    Example:
+      >>> FedSGD().name
+      'fedsgd'
+    """
+
+    uses_client_optimizer: ClassVar[bool] = False
+
+    @property
+    def name(self) -> str:
+        return "fedsgd"
+
+    def build(
+        self,
+        *,
+        model_fn: ModelFn,
+        client_optimizer: Any,
+        server_optimizer: Any,
+        model_aggregator: Optional[Any] = None,
+    ) -> Any:
+        """See ``Algorithm.build``; ``client_optimizer`` is accepted and ignored."""
+        del client_optimizer  # clients only compute gradients
+        tff = require_tff()
+        check_build_args(tff, self.name, model_fn, {"server_optimizer": server_optimizer})
+        # TFF's FedSGD always weights by examples: an unweighted aggregator is refused.
+        weighting_for(
+            tff, self.name, model_aggregator, weighted=True,
+            unweighted_variant="algorithm='fedavg_unweighted' with one local step",
+        )
+        return tff.learning.algorithms.build_fed_sgd(
+            model_fn,
+            server_optimizer_fn=server_optimizer,
+            model_aggregator=model_aggregator,
+        )

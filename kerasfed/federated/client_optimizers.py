@@ -1,0 +1,226 @@
+"""The compiled Keras optimizer as a TFF client optimizer with the same update rule.
+
+Since TFF 0.87, ``tff.learning`` takes only its own functional optimizers
+(``tff.learning.optimizers.Optimizer``), so the optimizer given to
+``model.compile()`` is translated here, hyper-parameter for hyper-parameter:
+
+* ``SGD(momentum, nesterov=False)``  -> ``build_sgdm(learning_rate, momentum)``
+* ``SGD(momentum > 0, nesterov=True)`` -> ``NesterovSGD`` (kerasfed's; TFF has
+  no Nesterov momentum)
+* ``Adam(beta_1, beta_2, epsilon)``  -> ``build_adam`` (the same bias-corrected rule)
+* ``Adam(weight_decay=w)`` and ``AdamW(weight_decay=w)`` -> ``build_adamw`` (Keras
+  decays decoupled, ``w -= lr * wd * w``, exactly like TFF's AdamW)
+* ``Adagrad(initial_accumulator_value, epsilon)`` -> ``build_adagrad``
+* ``RMSprop(rho, momentum, epsilon, centered)`` -> ``KerasRMSprop`` (kerasfed's;
+  TFF's ``build_rmsprop`` puts ``epsilon`` outside the square root and has no
+  ``momentum`` or ``centered``)
+
+Every hyper-parameter, ``epsilon`` included, is passed explicitly, so neither
+library's defaults decide it. The legacy ``keras.optimizers.legacy`` SGD, Adam
+and RMSprop follow the same rules and are accepted too.
+
+Every rule was checked step for step against Keras (tests/test_client_optimizers.py).
+Everything else is refused with an error that names the setting and the fix,
+rather than trained with a silently different rule: other optimizers (Adafactor,
+Nadam, Adamax, Ftrl, Lion, Adadelta), ``amsgrad=True``, learning-rate schedules,
+``clipnorm``/``clipvalue``/``global_clipnorm``, ``use_ema``, ``weight_decay`` on
+optimizers other than Adam/AdamW, legacy ``decay`` and the legacy Adagrad (which,
+unlike the current one, adds ``epsilon`` outside the square root).
+
+In federated training the optimizer state (momentum, moments, step count) starts
+afresh on every client in every round: a client optimizer only lives for one
+client's local training (except in Mime-lite, whose server keeps a global state).
+"""
+
+from __future__ import annotations
+
+import numbers
+from typing import Any
+
+SUPPORTED_KERAS_OPTIMIZERS: tuple[str, ...] = ("SGD", "Adam", "AdamW", "Adagrad", "RMSprop")
+
+# Keys every Keras 2.14 optimizer config has that do not change the update rule
+# (or only matter when another key, checked below, enables them).
+_INERT_KEYS = frozenset(
+    {"name", "jit_compile", "is_legacy_optimizer", "ema_momentum", "ema_overwrite_frequency"}
+)
+_RULE_KEYS: dict[str, frozenset[str]] = {
+    "SGD": frozenset({"momentum", "nesterov"}),
+    "Adam": frozenset({"beta_1", "beta_2", "epsilon", "amsgrad"}),
+    "AdamW": frozenset({"beta_1", "beta_2", "epsilon", "amsgrad"}),
+    "Adagrad": frozenset({"initial_accumulator_value", "epsilon"}),
+    "RMSprop": frozenset({"rho", "momentum", "epsilon", "centered"}),
+}
+# Settings TFF's client training has no place for, with their neutral value.
+_UNSUPPORTED_SETTINGS = {
+    "clipnorm": (None, "clip in the model's loss or use an aggregator with clipping"),
+    "clipvalue": (None, "clip in the model's loss or use an aggregator with clipping"),
+    "global_clipnorm": (None, "clip in the model's loss or use an aggregator with clipping"),
+    "use_ema": (False, "evaluate the federated model itself"),
+    "decay": (0.0, "compile with a constant learning rate"),  # legacy optimizers only
+}
+
+
+class ClientOptimizerError(ValueError):
+    """The compiled Keras optimizer (or a setting of it) has no TFF equivalent."""
+
+
+class ClientOptimizerTypeError(TypeError):
+    """The optimizer config is not a ``{"class_name": ..., "config": ...}`` dict."""
+
+
+def client_optimizer_from_keras(optimizer_config: dict, *, caller: str = "fit_federated") -> Any:
+    """Returns the TFF optimizer with the update rule of a compiled Keras optimizer.
+
+    Args:
+      optimizer_config: ``{"class_name": "Adam", "config": optimizer.get_config()}``,
+        as ``ModelRecipe.optimizer_config()`` returns it.
+      caller: Name of the public function, for error messages.
+
+    Returns:
+      A ``tff.learning.optimizers.Optimizer``.
+
+    Raises:
+      ClientOptimizerTypeError: ``optimizer_config`` is not such a dict.
+      ClientOptimizerError: The optimizer or one of its settings cannot be
+        reproduced in TFF (the message names it and how to fix it).
+
+    Example:
+      >>> opt = keras.optimizers.SGD(0.1, momentum=0.9)  # doctest: +SKIP
+      >>> client_optimizer_from_keras(
+      ...     {"class_name": "SGD", "config": opt.get_config()})  # doctest: +SKIP
+    """
+    class_name, config = _split(optimizer_config, caller)
+    if class_name not in _RULE_KEYS:
+        raise ClientOptimizerError(
+            f"{caller}: the model is compiled with the Keras optimizer {class_name!r}, "
+            f"which has no equivalent TFF client optimizer. Supported: "
+            f"{', '.join(SUPPORTED_KERAS_OPTIMIZERS)}. Compile the model with one of "
+            f"them, e.g. `model.compile(optimizer=keras.optimizers.Adam(1e-3), ...)`."
+        )
+    _check_settings(class_name, config, caller)
+    lr = _learning_rate(class_name, config, caller)
+    return _BUILDERS[class_name](lr, config)
+
+
+def _split(optimizer_config: Any, caller: str) -> tuple[str, dict]:
+    if (
+        not isinstance(optimizer_config, dict)
+        or not isinstance(optimizer_config.get("class_name"), str)
+        or not isinstance(optimizer_config.get("config"), dict)
+    ):
+        raise ClientOptimizerTypeError(
+            f"{caller}: expected the optimizer as a dict "
+            f'{{"class_name": str, "config": dict}} (see ModelRecipe.optimizer_config()). '
+            f"Received: {optimizer_config!r} of type {type(optimizer_config).__name__}."
+        )
+    return optimizer_config["class_name"], optimizer_config["config"]
+
+
+def _check_settings(class_name: str, config: dict, caller: str) -> None:
+    for key, (neutral, fix) in _UNSUPPORTED_SETTINGS.items():
+        if config.get(key, neutral) not in (neutral, None):
+            raise ClientOptimizerError(
+                f"{caller}: the compiled {class_name} optimizer sets {key}="
+                f"{config[key]!r}, which TFF's client optimizers cannot reproduce. "
+                f"Compile without `{key}` (the default), or {fix}."
+            )
+    weight_decay = config.get("weight_decay")
+    if weight_decay and class_name not in ("Adam", "AdamW"):
+        raise ClientOptimizerError(
+            f"{caller}: the compiled {class_name} optimizer sets weight_decay="
+            f"{weight_decay!r}; TFF has decoupled weight decay only for Adam. Compile "
+            f"{class_name} without `weight_decay`, use keras.optimizers.AdamW, or add "
+            f"`kernel_regularizer=keras.regularizers.L2(...)` to the layers."
+        )
+    if class_name == "Adagrad" and "decay" in config:  # only legacy optimizers have `decay`
+        raise ClientOptimizerError(
+            f"{caller}: the model is compiled with keras.optimizers.legacy.Adagrad, which "
+            f"divides by sqrt(accumulator) + epsilon; TFF's Adagrad (like the current "
+            f"keras.optimizers.Adagrad) divides by sqrt(accumulator + epsilon). Compile "
+            f"with keras.optimizers.Adagrad(...) instead."
+        )
+    if config.get("amsgrad"):
+        raise ClientOptimizerError(
+            f"{caller}: the compiled {class_name} optimizer sets amsgrad=True; TFF has "
+            f"no AMSGrad variant. Compile with amsgrad=False (the default)."
+        )
+    known = _RULE_KEYS[class_name] | _INERT_KEYS | _UNSUPPORTED_SETTINGS.keys()
+    unknown = sorted(set(config) - known - {"learning_rate", "weight_decay"})
+    if unknown:
+        raise ClientOptimizerError(
+            f"{caller}: the compiled {class_name} optimizer has settings kerasfed cannot "
+            f"translate to TFF: {unknown}. Compile with the stock "
+            f"keras.optimizers.{class_name} (supported settings: "
+            f"{sorted(_RULE_KEYS[class_name] | {'learning_rate'})})."
+        )
+
+
+def _learning_rate(class_name: str, config: dict, caller: str) -> float:
+    lr = config.get("learning_rate")
+    if isinstance(lr, dict):  # a serialized LearningRateSchedule
+        schedule = lr.get("class_name", "a learning-rate schedule")
+        raise ClientOptimizerError(
+            f"{caller}: the compiled {class_name} optimizer uses the learning-rate "
+            f"schedule {schedule}. Federated clients restart their optimizer every "
+            f"round, so a per-step schedule has no single meaning there. Compile with "
+            f"a constant float learning rate, e.g. {class_name}(learning_rate=0.01)."
+        )
+    if isinstance(lr, bool) or not isinstance(lr, numbers.Real) or not lr > 0:
+        raise ClientOptimizerError(
+            f"{caller}: expected the compiled {class_name} optimizer's learning_rate to "
+            f"be a positive float. Received: learning_rate={lr!r}."
+        )
+    return float(lr)
+
+
+def _tff():
+    from kerasfed._compat import require_tff  # noqa: PLC0415  (TFF is heavy: load on use)
+
+    return require_tff()
+
+
+def _sgd(lr: float, config: dict) -> Any:
+    momentum = float(config.get("momentum", 0.0))
+    if config.get("nesterov") and momentum > 0:
+        _tff()  # a clear error where TFF is missing, before the module below imports it
+        from kerasfed.federated._keras_rules import NesterovSGD  # noqa: PLC0415
+
+        return NesterovSGD(lr, momentum)
+    # Keras SGD with nesterov and momentum 0 is plain SGD, as is TFF's without momentum.
+    return _tff().learning.optimizers.build_sgdm(lr, momentum=momentum or None)
+
+
+def _adam(lr: float, config: dict) -> Any:
+    optimizers = _tff().learning.optimizers
+    args = dict(beta_1=float(config["beta_1"]), beta_2=float(config["beta_2"]))
+    # Pass epsilon explicitly: TFF's and Keras's defaults must not decide it.
+    args["epsilon"] = float(config["epsilon"])
+    weight_decay = config.get("weight_decay")
+    if weight_decay:  # Keras Adam(weight_decay=w) is exactly AdamW(weight_decay=w)
+        return optimizers.build_adamw(lr, weight_decay=float(weight_decay), **args)
+    return optimizers.build_adam(lr, **args)
+
+
+def _adagrad(lr: float, config: dict) -> Any:
+    return _tff().learning.optimizers.build_adagrad(
+        lr,
+        initial_preconditioner_value=float(config["initial_accumulator_value"]),
+        epsilon=float(config["epsilon"]),
+    )
+
+
+def _rmsprop(lr: float, config: dict) -> Any:
+    _tff()  # a clear error where TFF is missing, before the module below imports it
+    from kerasfed.federated._keras_rules import KerasRMSprop  # noqa: PLC0415
+
+    return KerasRMSprop(
+        lr,
+        rho=float(config["rho"]),
+        momentum=float(config.get("momentum", 0.0)),
+        epsilon=float(config["epsilon"]),
+        centered=bool(config.get("centered", False)),
+    )
+
+
+_BUILDERS = {"SGD": _sgd, "Adam": _adam, "AdamW": _adam, "Adagrad": _adagrad, "RMSprop": _rmsprop}

@@ -192,7 +192,9 @@ def _fresh(obj: Any) -> Any:
 
 
 def _flat(metrics: Any) -> list:
-    if isinstance(metrics, dict):
+    # A dict is either one serialized Keras object ({"class_name": ...}) or a
+    # per-output mapping {output_name: metrics}; only the latter is walked.
+    if isinstance(metrics, dict) and not ("class_name" in metrics or "module" in metrics):
         return [m for v in metrics.values() for m in _flat(v)]
     if isinstance(metrics, (list, tuple)):
         return [m for v in metrics for m in _flat(v)]

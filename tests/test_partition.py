@@ -60,9 +60,9 @@ def test_same_seed_same_split_different_seed_different_split(scheme):
     assert a.client_ids == b.client_ids
     for cid in a:
         np.testing.assert_array_equal(a[cid][0], b[cid][0])
-    if scheme == "by_key":  # one client per key is not random; sampling keys is
+    if scheme == "by_key":  # one client per key is not random; grouping keys is
         a, c = _split(scheme, seed=3, num_clients=5), _split(scheme, seed=4, num_clients=5)
-        assert a.client_ids != c.client_ids
+        assert _as_sets(a) != _as_sets(c)
     else:
         assert _as_sets(a) != _as_sets(c)
 
@@ -145,15 +145,18 @@ def test_by_key_groups_exactly_by_key():
         np.testing.assert_array_equal(np.sort(idx), np.flatnonzero(keys == int(cid)))
 
 
-def test_by_key_string_keys_and_sampling_keys():
+def test_by_key_string_keys_and_grouping_keys():
     keys = np.array(["bob", "amy", "bob", "cat", "amy", "dan"])
     cd = partition(np.arange(6), np.zeros(6), None, "by_key", keys=keys)
     assert cd.client_ids == ["amy", "bob", "cat", "dan"]
     np.testing.assert_array_equal(cd["bob"][0], [0, 2])
-    sampled = partition(np.arange(6), np.zeros(6), 2, "by_key", keys=keys, seed=0)
-    assert len(sampled) == 2 and set(sampled.client_ids) <= {"amy", "bob", "cat", "dan"}
-    for cid in sampled:
-        np.testing.assert_array_equal(sampled[cid][0], cd[cid][0])
+    grouped = partition(np.arange(6), np.zeros(6), 2, "by_key", keys=keys, seed=0)
+    assert grouped.client_ids == ["client_000", "client_001"]
+    got = np.sort(np.concatenate([grouped[cid][0] for cid in grouped]))
+    np.testing.assert_array_equal(got, np.arange(6))  # nothing left out
+    for cid in grouped:  # a key's examples stay together
+        owners = {str(keys[i]) for i in grouped[cid][0]}
+        assert sum(len(cd[k][0]) for k in owners) == len(grouped[cid][0])
 
 
 def test_partition_returns_readonly_client_data_of_numpy_arrays():

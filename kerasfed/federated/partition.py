@@ -16,7 +16,8 @@ Schemes:
   sort by label, cut into ``num_clients * shards_per_client`` shards, give each
   client ``shards_per_client`` random shards.
 * ``"by_key"``: natural clients, one per distinct value of ``keys`` (e.g. the
-  writer of each FEMNIST character).
+  writer of each FEMNIST character); with fewer ``num_clients`` than keys, each
+  client gets several whole keys.
 
 All randomness comes from ``np.random.default_rng(seed)``: the same seed and
 arguments give the same split.
@@ -73,8 +74,8 @@ def partition(
         shards_per_client: Shards per client, >= 1 (``"shards"`` only; default 2).
         keys: One key per example (``"by_key"`` only, required there). Client
             ids are the keys as str, in sorted key order. With an int
-            ``num_clients``, that many keys are sampled and the other keys'
-            examples are left out.
+            ``num_clients`` below the number of keys, keys are dealt at random
+            to that many clients (``client_000``...), a key never split.
 
     Returns:
         A :class:`ClientData` with ids ``client_000``, ``client_001``, ... (or the
@@ -197,8 +198,12 @@ def _indices(
         per = DEFAULT_SHARDS_PER_CLIENT if shards_per_client is None else shards_per_client
         per = _count("shards_per_client", per, 1)
         parts = _shards(_class_ids(y), num_clients, per, rng)
-    width = max(3, len(str(num_clients - 1)))
-    return {f"client_{i:0{width}d}": part for i, part in enumerate(parts)}
+    return {_client_id(i, num_clients): part for i, part in enumerate(parts)}
+
+
+def _client_id(index: int, num_clients: int) -> str:
+    """``client_007``: zero-padded so that ids sort in client order."""
+    return f"client_{index:0{max(3, len(str(num_clients - 1)))}d}"
 
 
 def _dirichlet(
@@ -274,18 +279,26 @@ def _by_key(
     ids = [k.decode("utf-8") if isinstance(k, bytes) else str(k) for k in unique.tolist()]
     if len(set(ids)) != len(ids):
         raise PartitionError("Two different `keys` have the same str(); make keys distinct as str.")
-    chosen = np.arange(len(unique))
-    if num_clients is not None:
-        if num_clients > len(unique):
-            raise PartitionError(
-                f"num_clients={num_clients}, but `keys` has only {len(unique)} distinct "
-                f"values. Use num_clients=None for one client per key."
-            )
-        chosen = np.sort(rng.choice(len(unique), size=num_clients, replace=False))
     # Group all examples by key with one sort instead of a scan per key.
     order = np.argsort(inverse, kind="stable")
     starts = np.concatenate([[0], np.cumsum(np.bincount(inverse, minlength=len(unique)))])
-    return {ids[k]: order[starts[k] : starts[k + 1]] for k in chosen}
+    per_key = [order[starts[k] : starts[k + 1]] for k in range(len(unique))]
+    if num_clients is None:
+        return dict(zip(ids, per_key))
+    if num_clients > len(unique):
+        raise PartitionError(
+            f"num_clients={num_clients}, but `keys` has only {len(unique)} distinct "
+            f"values, and a key is never split. Use num_clients=None for one client "
+            f"per key, or at most {len(unique)} clients."
+        )
+    # Fewer clients than keys: each client gets whole keys (a key's examples are
+    # never split), keys dealt out at random as evenly as possible, so every
+    # example still lands in exactly one client.
+    groups = np.array_split(rng.permutation(len(unique)), num_clients)
+    return {
+        _client_id(i, num_clients): np.sort(np.concatenate([per_key[k] for k in group]))
+        for i, group in enumerate(groups)
+    }
 
 
 def _class_ids(y: np.ndarray) -> np.ndarray:

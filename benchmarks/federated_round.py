@@ -21,8 +21,10 @@ import argparse
 import json
 import os
 import statistics
+import signal
 import subprocess
 import sys
+import tempfile
 import time
 
 NUM_CLIENTS, CLIENT_SIZE, BATCH, CLIENT_LR = 20, 300, 20, 0.1
@@ -169,28 +171,33 @@ def child(args) -> None:
     clients = client_arrays(args.data_dir)
     start, ends = CONTESTANTS[args.child](args.model, clients, args.rounds)
     rounds = [b - a for a, b in zip(ends, ends[1:])]
-    print(json.dumps({"first_round_s": ends[0] - start, "round_s": rounds}), flush=True)
+    with open(args.result, "w") as f:
+        json.dump({"first_round_s": ends[0] - start, "round_s": rounds}, f)
 
 
 def run_child(name, args) -> dict:
-    cmd = [sys.executable, __file__, "--child", name, "--model", args.model_name,
-           "--rounds", str(args.rounds)]
-    if args.data_dir:
-        cmd += ["--data-dir", args.data_dir]
-    # Own session: TFF's default context leaves its worker process running after
-    # Python exits (see ../shared/NOTES.md); killing the group ends it.
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, start_new_session=True,
-                            env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"))
-    try:
-        out, _ = proc.communicate()
-    finally:
+    with tempfile.TemporaryDirectory() as tmp:
+        result = os.path.join(tmp, "result.json")
+        cmd = [sys.executable, __file__, "--child", name, "--model", args.model_name,
+               "--rounds", str(args.rounds), "--result", result]
+        if args.data_dir:
+            cmd += ["--data-dir", args.data_dir]
+        # Own session: TFF's default context leaves its worker process running after
+        # Python exits, holding our stdout (see ../shared/NOTES.md); the result goes
+        # through a file, and killing the group ends the worker.
+        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, start_new_session=True,
+                                env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"))
         try:
-            os.killpg(proc.pid, 9)
-        except ProcessLookupError:
-            pass
-    if proc.returncode != 0:
-        raise SystemExit(f"{name} on {args.model_name} failed with exit code {proc.returncode}")
-    return json.loads(out.strip().splitlines()[-1])
+            code = proc.wait()
+        finally:
+            try:
+                os.killpg(proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        if code != 0:
+            raise SystemExit(f"{name} on {args.model_name} failed with exit code {code}")
+        with open(result) as f:
+            return json.load(f)
 
 
 def main() -> None:
@@ -200,6 +207,7 @@ def main() -> None:
     parser.add_argument("--models", default="cnn,2nn")
     parser.add_argument("--child", choices=sorted(CONTESTANTS), help=argparse.SUPPRESS)
     parser.add_argument("--model", help=argparse.SUPPRESS)
+    parser.add_argument("--result", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
         return child(args)

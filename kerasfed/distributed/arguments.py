@@ -1,0 +1,110 @@
+"""Checks of fit_distributed's own arguments, done before any strategy or graph exists."""
+
+from __future__ import annotations
+
+import inspect
+import os
+from typing import Any
+
+from kerasfed._compat import KERAS_3, keras
+
+
+class FitArgumentError(ValueError):
+    """An argument of fit_distributed has a wrong value or type."""
+
+
+# fit() keywords fit_distributed takes itself (explicitly or by replacing them).
+_OWN = {"self", "x", "y", "batch_size", "epochs", "verbose", "callbacks", "validation_data"}
+FIT_KEYWORDS: frozenset[str] = frozenset(inspect.signature(keras.Model.fit).parameters) - _OWN
+"""Keywords passed on to ``model.fit`` unchanged (those of the running Keras)."""
+
+
+def check_fit_kwargs(fit_kwargs: dict) -> None:
+    """Rejects keywords ``model.fit`` does not take, and bad ``validation_split``."""
+    unknown = sorted(set(fit_kwargs) - FIT_KEYWORDS)
+    if unknown:
+        raise TypeError(
+            f"fit_distributed() got unexpected keyword argument(s) {unknown}. Besides its "
+            f"own arguments it takes the keywords of keras.Model.fit: {sorted(FIT_KEYWORDS)}."
+        )
+    split = fit_kwargs.get("validation_split")
+    if split is not None and (isinstance(split, bool) or not isinstance(split, (int, float)) or not 0 <= split < 1):
+        raise FitArgumentError(
+            f"Expected `validation_split` to be a float in [0, 1). Received: validation_split={split!r}."
+        )
+    shuffle = fit_kwargs.get("shuffle", True)
+    if shuffle not in (True, False, "batch"):
+        raise FitArgumentError(
+            f'Expected `shuffle` to be True, False or "batch". Received: shuffle={shuffle!r}.'
+        )
+
+
+def check_epochs(epochs: Any) -> None:
+    if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
+        raise FitArgumentError(
+            f"Expected `epochs` to be an int of at least 1. Received: epochs={epochs!r}"
+            f"{'' if isinstance(epochs, int) else f' of type {type(epochs).__name__}'}."
+        )
+
+
+def check_batch_size(batch_size: Any) -> None:
+    if batch_size is None:
+        return
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise FitArgumentError(
+            f"Expected `batch_size` (the global batch size, split across replicas) to be "
+            f"None or an int of at least 1. Received: batch_size={batch_size!r}"
+            f"{'' if isinstance(batch_size, int) else f' of type {type(batch_size).__name__}'}."
+        )
+
+
+def check_verbose(verbose: Any) -> None:
+    if verbose not in ("auto", 0, 1, 2) or isinstance(verbose, bool):
+        raise FitArgumentError(
+            f'Expected `verbose` to be "auto", 0, 1 or 2. Received: verbose={verbose!r}.'
+        )
+
+
+def check_callbacks(callbacks: Any, backup_dir: Any) -> list:
+    """Returns the callbacks as a new list."""
+    if callbacks is None:
+        callbacks = []
+    if isinstance(callbacks, keras.callbacks.Callback) or not isinstance(callbacks, (list, tuple)):
+        raise FitArgumentError(
+            f"Expected `callbacks` to be a list of keras.callbacks.Callback. Received: "
+            f"{type(callbacks).__name__}. Wrap a single callback in a list: callbacks=[cb]."
+        )
+    for i, callback in enumerate(callbacks):
+        if not isinstance(callback, keras.callbacks.Callback):
+            raise FitArgumentError(
+                f"Expected `callbacks` to hold keras.callbacks.Callback objects. "
+                f"callbacks[{i}] is {callback!r:.60} of type {type(callback).__name__}."
+            )
+        if backup_dir is not None and isinstance(callback, keras.callbacks.BackupAndRestore):
+            raise FitArgumentError(
+                "`backup_dir` adds a BackupAndRestore callback, and `callbacks` already "
+                f"holds one (callbacks[{i}]). Use one of the two."
+            )
+    return list(callbacks)
+
+
+def check_path(value: Any, name: str) -> None:
+    if value is None:
+        return
+    if not isinstance(value, (str, os.PathLike)) or not os.fspath(value):
+        raise FitArgumentError(
+            f"Expected `{name}` to be a path (str or os.PathLike). Received: {value!r} of "
+            f"type {type(value).__name__}."
+        )
+
+
+def check_save_path(save_path: Any) -> None:
+    check_path(save_path, "save_path")
+    if save_path is None or not KERAS_3:
+        return
+    if not os.fspath(save_path).endswith((".keras", ".h5")):
+        raise FitArgumentError(
+            f"Keras {keras.__version__} saves whole models to `.keras` files; `save_path` "
+            f"must end in .keras (or the legacy .h5). Received: save_path={os.fspath(save_path)!r}. "
+            f"For a TensorFlow SavedModel, call `history.model.export(path)` after training."
+        )

@@ -1,0 +1,173 @@
+"""fit_distributed across real worker processes on 127.0.0.1, started by `kerasfed launch`.
+
+Each test launches tests/scripts/dist_train.py (or dist_shards.py) in two workers
+and compares what they recorded with plain ``model.fit`` in this process. Every
+launch costs a TensorFlow import per worker, so the checks are grouped per launch.
+"""
+
+from __future__ import annotations
+
+import glob
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytestmark = pytest.mark.distributed
+
+SCRIPTS = Path(__file__).parent / "scripts"
+LAUNCH = [sys.executable, "-m", "kerasfed", "launch"]
+TIMEOUT = 300  # a safety net on a loaded 2-core machine; runs take 20-60 s
+HAS_TENSORBOARD = importlib.util.find_spec("tensorboard") is not None
+
+sys.path.insert(0, str(SCRIPTS))
+import dist_common  # noqa: E402
+
+
+@pytest.fixture(autouse=True)
+def no_tf_config(monkeypatch):
+    monkeypatch.delenv("TF_CONFIG", raising=False)
+    monkeypatch.setenv("TF_CPP_MIN_LOG_LEVEL", "2")
+
+
+def launch(script: str, *args: str, workers: int = 2, max_restarts: int = 0) -> subprocess.CompletedProcess:
+    command = [*LAUNCH, "--workers", str(workers), "--max-restarts", str(max_restarts), str(SCRIPTS / script), *args]
+    return subprocess.run(command, capture_output=True, text=True, timeout=TIMEOUT)
+
+
+def check_ok(run: subprocess.CompletedProcess) -> None:
+    assert run.returncode == 0, run.stdout[-4000:] + run.stderr[-4000:]
+
+
+def reference(n: int, batch: int, epochs: int, **kwargs) -> tuple[list[np.ndarray], dict]:
+    """Plain model.fit in one process over the same examples in the same order."""
+    x, y = dist_common.make_data(n)
+    model = dist_common.build_model()
+    history = model.fit(x, y, batch_size=batch, epochs=epochs, shuffle=False, verbose=0, **kwargs)
+    return model.get_weights(), history.history
+
+
+def assert_weights_close(actual: list[np.ndarray], expected: list[np.ndarray]) -> None:
+    assert len(actual) == len(expected)
+    for a, e in zip(actual, expected):
+        np.testing.assert_allclose(a, e, rtol=1e-5, atol=1e-6)
+
+
+def worker_temp_dirs() -> set[str]:
+    return set(glob.glob(os.path.join(tempfile.gettempdir(), "kerasfed-worker*")))
+
+
+def test_two_workers_match_single_process_and_only_the_chief_writes(tmp_path):
+    user = tmp_path / "user"
+    user.mkdir()
+    temps_before = worker_temp_dirs()
+    args = [
+        str(tmp_path), "--n", "64", "--batch", "16", "--epochs", "2", "--validation", "--dataset-fn",
+        "--save", str(user / "model.keras"), "--checkpoint", str(user / "ckpt.keras"), "--csv", str(user / "log.csv"),
+    ]
+    if HAS_TENSORBOARD:
+        args += ["--tensorboard", str(user / "tb")]
+    check_ok(launch("dist_train.py", *args))
+
+    # Both workers end with the weights of single-process training on the same
+    # global batches (each worker computed half of every batch).
+    ref_weights, ref_history = reference(64, 16, 2, validation_data=dist_common.make_data(16, seed=5))
+    for rank in (0, 1):
+        result = tmp_path / f"result.rank{rank}.npz"
+        assert_weights_close(dist_common.load_weights(result), ref_weights)
+        with np.load(result) as f:
+            np.testing.assert_allclose(f["loss"], ref_history["loss"], rtol=1e-5)
+            np.testing.assert_allclose(f["val_loss"], ref_history["val_loss"], rtol=1e-5)
+        # Second run of the same processes, from a dataset_fn and a model function.
+        assert_weights_close(dist_common.load_weights(tmp_path / f"result_fn.rank{rank}.npz"), ref_weights)
+
+    # The chief wrote to the user's paths; the other worker only to its temp dir,
+    # which is gone; the callbacks have their paths back after fit.
+    chief = json.loads((tmp_path / "paths.rank0.json").read_text())
+    other = json.loads((tmp_path / "paths.rank1.json").read_text())
+    user_paths = {"ModelCheckpoint": str(user / "ckpt.keras"), "CSVLogger": str(user / "log.csv")}
+    if HAS_TENSORBOARD:
+        user_paths["TensorBoard"] = str(user / "tb")
+    assert chief["during"] == user_paths
+    assert chief["after"] == user_paths and other["after"] == user_paths
+    assert set(chief["saved_to"]) == {str(user / "ckpt.keras"), str(user / "model.keras")}
+    temp_roots = set()
+    for name, path in other["during"].items():
+        assert not path.startswith(str(user)), (name, path)
+        temp_roots.add(Path(path).parents[1])
+    for path in other["saved_to"]:
+        assert not path.startswith(str(tmp_path)), path
+        assert any(Path(path).is_relative_to(root) for root in temp_roots)
+    assert all(root.name.startswith("kerasfed-worker1-") and not root.exists() for root in temp_roots)
+    assert worker_temp_dirs() <= temps_before
+    expected_files = {"ckpt.keras", "log.csv", "model.keras"} | ({"tb"} if HAS_TENSORBOARD else set())
+    assert {p.name for p in user.iterdir()} == expected_files
+    assert len((user / "log.csv").read_text().strip().splitlines()) == 1 + 2  # header + 2 epochs, once
+
+
+def test_every_example_goes_to_exactly_one_worker(tmp_path):
+    check_ok(launch("dist_shards.py", str(tmp_path)))
+    ranks = [json.loads((tmp_path / f"shards.rank{r}.json").read_text()) for r in (0, 1)]
+    assert ranks[0]["seed"] == ranks[1]["seed"]  # drawn on the chief, received by the other
+
+    # Arrays (57 examples, global batch 8): the partial last batch is kept, both
+    # workers run the same number of steps, each example is used once per epoch.
+    orders = []
+    for epoch in range(2):
+        steps = [ranks[r]["shuffled"][epoch] for r in (0, 1)]
+        assert len(steps[0]) == len(steps[1]) == 8
+        seen = [i for r in (0, 1) for step in steps[r] for i in step]
+        assert sorted(seen) == list(range(57))
+        orders.append([i for k in range(8) for r in (0, 1) for i in steps[r][k]])
+    assert orders[0] != orders[1]  # shuffled anew each epoch
+
+    # Without shuffling, global batch k holds examples 8k..8k+7: worker 0 the first
+    # half, worker 1 the second, as in single-process training.
+    for k in range(8):
+        both = ranks[0]["in_order"][0][k] + ranks[1]["in_order"][0][k]
+        assert both == list(range(8 * k, min(8 * k + 8, 57)))
+
+    # Four TFRecord files: sharded by file, two whole files per worker.
+    files = [{i // 10 for step in ranks[r]["files"][0] for i in step} for r in (0, 1)]
+    seen = sorted(i for r in (0, 1) for step in ranks[r]["files"][0] for i in step)
+    assert seen == list(range(40))
+    assert len(files[0]) == len(files[1]) == 2 and not files[0] & files[1]
+
+
+def test_killed_worker_resumes_after_last_completed_epoch(tmp_path):
+    run = launch(
+        "dist_train.py", str(tmp_path), "--n", "64", "--batch", "16", "--epochs", "4",
+        "--kill-at-epoch", "1", "--backup", str(tmp_path / "backup"),
+        max_restarts=1,
+    )
+    check_ok(run)
+    assert "restarting all workers" in run.stderr + run.stdout
+    for rank in (0, 1):
+        begun = [tuple(map(int, line.split())) for line in (tmp_path / f"epochs.rank{rank}.txt").read_text().split("\n") if line]
+        first = [e for attempt, e in begun if attempt == 0]
+        second = [e for attempt, e in begun if attempt == 1]
+        assert first[:2] == [0, 1]  # rank 1 died at the end of epoch 1 (after its backup)
+        assert second == [2, 3], begun  # the restarted group resumed after epoch 1
+    ref_weights, _ = reference(64, 16, 4)
+    for rank in (0, 1):
+        assert_weights_close(dist_common.load_weights(tmp_path / f"result.rank{rank}.npz"), ref_weights)
+
+
+@pytest.mark.parametrize("when", ["before", "during"])
+def test_a_failing_worker_stops_the_launch(tmp_path, when):
+    # Rank 1 raises while rank 0 waits for it in a collective (variable broadcast or
+    # gradient all-reduce): the launcher must stop rank 0 and report the failure.
+    start = time.monotonic()
+    run = launch("dist_train.py", str(tmp_path), "--epochs", "3", "--fail", when)
+    elapsed = time.monotonic() - start
+    assert run.returncode == 1, run.stderr[-3000:]
+    assert f"rank 1 fails {when} training" in run.stdout + run.stderr
+    assert not (tmp_path / "result.rank0.npz").exists()
+    assert elapsed < 120

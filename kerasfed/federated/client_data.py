@@ -403,14 +403,18 @@ def _batches_in_order(
 ) -> tf.data.Dataset:
     """A dataset of ``(x[i], y[i])`` batches for each row ``i`` of ``order``.
 
-    The arrays are embedded once as constants and batches are gathered by index,
-    so ``epochs`` local epochs cost ``epochs * n`` indices, not copies of the data.
+    Each epoch's examples are gathered with numpy and sliced by ``tf.data``
+    without any traced function: a round builds one dataset per sampled client,
+    and tracing a ``map``/``flat_map`` function for each of them cost more than
+    the data it moves (about 30 ms per client on 2 cores).
     """
-    xs = tf.constant(x)
-    ys = tf.constant(y)
-    epochs = tf.data.Dataset.from_tensor_slices(order)
-    batches = epochs.flat_map(lambda row: tf.data.Dataset.from_tensor_slices(row).batch(batch_size))
-    return batches.map(lambda i: (tf.gather(xs, i), tf.gather(ys, i)))
+    epochs = [
+        tf.data.Dataset.from_tensor_slices((x[row], y[row])).batch(batch_size) for row in order
+    ]
+    dataset = epochs[0]
+    for epoch in epochs[1:]:  # batches never span two epochs
+        dataset = dataset.concatenate(epoch)
+    return dataset
 
 
 def _warn_seed_without_shuffle(shuffle: bool, shuffle_seed: Seed) -> None:

@@ -25,6 +25,7 @@ baseline. The distributed contestants share this machine's cores with each other
 so their ratios measure coordination overhead, not a speed-up.
 
   python3 dev.py bench distributed_overhead [--epochs 6] [--examples 60000] [--repeats 2]
+      [--contestants plain_fit,default]
 """
 
 from __future__ import annotations
@@ -151,12 +152,18 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=6)
     parser.add_argument("--examples", type=int, default=60000)
     parser.add_argument("--repeats", type=int, default=1)
+    parser.add_argument(
+        "--contestants", default=",".join(CONTESTANTS), help=f"comma-separated subset of {','.join(CONTESTANTS)}"
+    )
     parser.add_argument("--child", choices=CONTESTANTS, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
         return child(args.child, args.epochs, args.examples)
     if args.epochs < 2:
         parser.error("--epochs must be at least 2 (the first epoch is not counted)")
+    names = [n for n in CONTESTANTS if n in args.contestants.split(",")]
+    if "plain_fit" not in names or len(names) != len(args.contestants.split(",")):
+        parser.error(f"--contestants must include plain_fit and name only {','.join(CONTESTANTS)}")
     from importlib.metadata import version
 
     print(
@@ -166,13 +173,13 @@ def main() -> None:
     )
     best: dict[str, float | None] = {}
     for _ in range(args.repeats):
-        for name in CONTESTANTS:
+        for name in names:
             seconds = run_child(name, args)
             median = None if seconds is None else statistics.median(seconds[1:])
             best[name] = median if best.get(name) is None else min(best[name], median)
     base = best["plain_fit"]
     print(f"{'contestant':38} {'s/epoch':>8} {'vs model.fit':>13}")
-    for name in CONTESTANTS:
+    for name in names:
         if best[name] is None:
             print(f"{LABELS[name]:38} {'fails in this Keras (keras-team/keras#20585)':>22}")
         else:

@@ -24,8 +24,15 @@ from kerasfed._version import __version__
 _EXPORTS = {
     # Data-parallel training.
     "fit_distributed": "kerasfed.distributed.fit",
+    "get_strategy": "kerasfed.distributed.strategies",
     "use_logical_cpus": "kerasfed.distributed.devices",
     "TFConfigError": "kerasfed.distributed.tf_config",
+    "StrategyError": "kerasfed.distributed.strategies",
+    "StrategyInitError": "kerasfed.distributed.strategies",
+    "DataError": "kerasfed.distributed.data",
+    "DataTypeError": "kerasfed.distributed.data",
+    "FitArgumentError": "kerasfed.distributed.arguments",
+    "DeviceConfigError": "kerasfed.distributed.devices",
     # Federated simulation.
     "fit_federated": "kerasfed.federated.fit",
     "partition": "kerasfed.federated.partition",

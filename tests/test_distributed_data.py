@@ -7,7 +7,10 @@ test_multi_worker.py (test_every_example_goes_to_exactly_one_worker).
 from __future__ import annotations
 
 import os
+import shutil
+import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -149,7 +152,7 @@ def test_other_workers_write_to_a_temp_dir_that_is_removed(tmp_path):
     callbacks = file_callbacks(tmp_path)
     with WorkerPaths(is_chief=False, rank=3) as paths:
         temp = Path(paths.temp_dir)
-        assert temp.is_dir() and temp.name.startswith("kerasfed-worker3-")
+        assert temp.is_dir() and temp.name.startswith(f"kerasfed-worker3-{os.getpid()}-")
         paths.redirect(callbacks)
         redirected = [callbacks[0].filepath, callbacks[1].filename, callbacks[2].log_dir]
         assert [Path(p).name for p in redirected] == ["ckpt.keras", "log.csv", "tb"]
@@ -173,6 +176,23 @@ def test_paths_are_restored_and_removed_after_an_exception(tmp_path):
             raise RuntimeError("boom")
     assert not temp.exists()
     assert callbacks[0].filepath == str(tmp_path / "ckpt.keras")
+
+
+def test_dirs_of_killed_workers_are_removed_by_the_next_worker(tmp_path):
+    finished = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    dead_pid = int(finished.stdout)  # exited: like a worker killed with SIGKILL
+    root = Path(tempfile.gettempdir())
+    dead = root / f"kerasfed-worker1-{dead_pid}-test"
+    living = root / f"kerasfed-worker1-{os.getpid()}-test"
+    try:
+        for folder in (dead, living):
+            (folder / "1").mkdir(parents=True)
+        with WorkerPaths(is_chief=False, rank=1):
+            assert not dead.exists()
+            assert living.exists()  # its process still runs
+    finally:
+        shutil.rmtree(dead, ignore_errors=True)
+        shutil.rmtree(living, ignore_errors=True)
 
 
 # --- backups ---------------------------------------------------------------------

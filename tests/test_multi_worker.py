@@ -60,21 +60,25 @@ def assert_weights_close(actual: list[np.ndarray], expected: list[np.ndarray]) -
         np.testing.assert_allclose(a, e, rtol=1e-5, atol=1e-6)
 
 
-def worker_temp_dirs() -> set[str]:
-    return set(glob.glob(os.path.join(tempfile.gettempdir(), "kerasfed-worker*")))
+def leftover_temp_dirs(out: Path) -> list[str]:
+    """Worker temp dirs (named kerasfed-worker{rank}-{pid}-...) of this run's processes."""
+    pids = [line.split()[2] for line in (out / "pids.txt").read_text().splitlines()]
+    return [d for pid in pids for d in glob.glob(os.path.join(tempfile.gettempdir(), f"kerasfed-worker*-{pid}-*"))]
 
 
 def test_two_workers_match_single_process_and_only_the_chief_writes(tmp_path):
     user = tmp_path / "user"
     user.mkdir()
-    temps_before = worker_temp_dirs()
     args = [
         str(tmp_path), "--n", "64", "--batch", "16", "--epochs", "2", "--validation", "--dataset-fn",
         "--save", str(user / "model.keras"), "--checkpoint", str(user / "ckpt.keras"), "--csv", str(user / "log.csv"),
     ]
     if HAS_TENSORBOARD:
         args += ["--tensorboard", str(user / "tb")]
-    check_ok(launch("dist_train.py", *args))
+    run = launch("dist_train.py", *args)
+    check_ok(run)
+    # verbose="auto": progress from the chief, silence from the other worker.
+    assert "[0] Epoch 1/2" in run.stdout and "[1] Epoch" not in run.stdout
 
     # Both workers end with the weights of single-process training on the same
     # global batches (each worker computed half of every batch).
@@ -106,7 +110,7 @@ def test_two_workers_match_single_process_and_only_the_chief_writes(tmp_path):
         assert not path.startswith(str(tmp_path)), path
         assert any(Path(path).is_relative_to(root) for root in temp_roots)
     assert all(root.name.startswith("kerasfed-worker1-") and not root.exists() for root in temp_roots)
-    assert worker_temp_dirs() <= temps_before
+    assert not leftover_temp_dirs(tmp_path)
     expected_files = {"ckpt.keras", "log.csv", "model.keras"} | ({"tb"} if HAS_TENSORBOARD else set())
     assert {p.name for p in user.iterdir()} == expected_files
     assert len((user / "log.csv").read_text().strip().splitlines()) == 1 + 2  # header + 2 epochs, once
@@ -158,6 +162,8 @@ def test_killed_worker_resumes_after_last_completed_epoch(tmp_path):
     ref_weights, _ = reference(64, 16, 4)
     for rank in (0, 1):
         assert_weights_close(dist_common.load_weights(tmp_path / f"result.rank{rank}.npz"), ref_weights)
+    # The killed worker could not remove its temp dir; its successor did.
+    assert not leftover_temp_dirs(tmp_path)
 
 
 @pytest.mark.parametrize("when", ["before", "during"])

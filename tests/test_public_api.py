@@ -13,7 +13,8 @@ pytestmark = pytest.mark.distributed  # runs in both environments
 
 PUBLIC = {
     "__version__",
-    "fit_distributed", "use_logical_cpus", "TFConfigError",
+    "fit_distributed", "get_strategy", "use_logical_cpus", "TFConfigError", "StrategyError",
+    "StrategyInitError", "DataError", "DataTypeError", "FitArgumentError", "DeviceConfigError",
     "fit_federated", "partition", "PartitionError", "ClientData", "as_client_data",
     "ClientDataError", "ClientDataTypeError", "FedAvg", "FedProx", "FedSGD", "MimeLite",
     "ServerSGD", "ServerAdam", "ServerYogi", "ServerAdagrad", "FederatedUnavailableError",

@@ -12,6 +12,7 @@ TensorBoard, CSVLogger); the backup of ``backup_dir`` is in ``backup.py``.
 
 from __future__ import annotations
 
+import glob
 import os
 import shutil
 import tempfile
@@ -27,13 +28,18 @@ _PATH_ATTRIBUTES: tuple[tuple[type, str], ...] = (
 )
 
 
+_PREFIX = "kerasfed-worker"
+
+
 class WorkerPaths:
     """Context manager redirecting a non-chief worker's writes to a temp dir.
 
     On the chief every path stays as it is. On other workers :meth:`write_path`
     maps a path into a fresh temporary directory and :meth:`redirect` points the
     file-writing callbacks there; on exit, also after an exception, the callbacks
-    get their paths back and the directory is removed.
+    get their paths back and the directory is removed. A worker killed outright
+    (SIGKILL) cannot remove its directory; the next worker to start removes the
+    directories of processes that no longer exist.
 
     Args:
         is_chief: Whether this process writes to the user's paths.
@@ -49,7 +55,9 @@ class WorkerPaths:
 
     def __enter__(self) -> "WorkerPaths":
         if not self.is_chief:
-            self.temp_dir = tempfile.mkdtemp(prefix=f"kerasfed-worker{self.rank}-")
+            _remove_dead_workers_dirs()
+            prefix = f"{_PREFIX}{self.rank}-{os.getpid()}-"
+            self.temp_dir = tempfile.mkdtemp(prefix=prefix)
         return self
 
     def __exit__(self, *exc_info: Any) -> None:
@@ -81,3 +89,25 @@ class WorkerPaths:
                     original = getattr(callback, attribute)
                     self._restore.append((callback, attribute, original))
                     setattr(callback, attribute, self.write_path(original))
+
+
+def _remove_dead_workers_dirs() -> None:
+    """Removes this user's worker temp dirs whose process is gone (named ...-PID-...)."""
+    for path in glob.glob(os.path.join(tempfile.gettempdir(), f"{_PREFIX}*-*-*")):
+        try:
+            pid = int(os.path.basename(path).split("-")[2])
+            if os.stat(path).st_uid != os.getuid() or _alive(pid):
+                continue
+        except (ValueError, IndexError, OSError):
+            continue
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

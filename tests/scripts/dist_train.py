@@ -2,8 +2,8 @@
 
 Trains tests/scripts/dist_common.py's model with fit_distributed and records, per
 rank, what the tests check: final weights and history (``result.rank{R}.npz``), the
-epochs begun in each attempt (``epochs.rank{R}.txt``), and every path written to
-(``paths.rank{R}.json``).
+epochs begun in each attempt (``epochs.rank{R}.txt``), every path written to
+(``paths.rank{R}.json``) and the process ids (``pids.txt``).
 """
 
 from __future__ import annotations
@@ -46,6 +46,8 @@ def parse_args() -> argparse.Namespace:
 
 def main() -> None:
     args = parse_args()
+    with open(os.path.join(args.out, "pids.txt"), "a") as f:
+        f.write(f"{ATTEMPT} {RANK} {os.getpid()}\n")
     if not args.model_as_function:
         # What a user script does when it builds the model before fit_distributed:
         # the multi-worker strategy has to exist before TensorFlow's first op.
@@ -104,7 +106,7 @@ def main() -> None:
         callbacks=[*file_callbacks, recorder],
         backup_dir=args.backup,
         save_path=args.save,
-        verbose=2,
+        verbose="auto",  # progress on the chief only
     )
     dist_common.save_weights(
         os.path.join(args.out, f"result.rank{RANK}.npz"), history.model, loss=history.history["loss"],

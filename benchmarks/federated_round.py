@@ -9,7 +9,7 @@ other, and reports the seconds of every round and the seconds from the call to t
 end of round 1. Printed: median seconds per round (round 1 excluded: it traces),
 ratios, and time to first round.
 
-  python3 dev.py bench federated_round [--data-dir ../shared/data/mnist] [--rounds 6]
+  python3 dev.py bench federated_round [--data-dir ../shared/data/mnist] [--rounds 8]
 
 Without --data-dir the examples are synthetic MNIST-shaped arrays: the time per
 round does not depend on the pixel values.
@@ -205,7 +205,7 @@ def run_child(name, args) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data-dir", default=None, help="folder with MNIST IDX files")
-    parser.add_argument("--rounds", type=int, default=6)
+    parser.add_argument("--rounds", type=int, default=8)
     parser.add_argument("--models", default="cnn,2nn")
     parser.add_argument("--child", choices=sorted(CONTESTANTS), help=argparse.SUPPRESS)
     parser.add_argument("--model", help=argparse.SUPPRESS)

@@ -123,10 +123,6 @@ class ModelRecipe:
             compile_args=_live_compile_args(model),
         )
 
-    @property
-    def optimizer_class_name(self) -> str:
-        return self.optimizer_config()["class_name"]
-
     def optimizer_config(self) -> dict:
         """``{"class_name": ..., "config": {...}}`` of the compiled optimizer."""
         opt = self.compile_args["optimizer"]
@@ -162,14 +158,6 @@ class ModelRecipe:
         except (TypeError, ValueError):
             return _fresh(self.compile_args.get("loss"))
 
-    def new_metrics(self) -> list:
-        """Fresh metric objects equal to the compiled ones (strings resolved)."""
-        metrics = self.compile_config.get("metrics") or []
-        try:
-            return [keras.metrics.get(copy.deepcopy(m)) for m in _flat(metrics)]
-        except (TypeError, ValueError):
-            return _fresh_metrics(self.compile_args.get("metrics")) or []
-
 
 def _live_compile_args(model: "keras.Model") -> dict:
     args: dict = {"optimizer": model.optimizer}
@@ -189,16 +177,6 @@ def _fresh(obj: Any) -> Any:
     if obj is None or isinstance(obj, str) or not hasattr(obj, "get_config"):
         return obj
     return obj.__class__.from_config(obj.get_config())
-
-
-def _flat(metrics: Any) -> list:
-    # A dict is either one serialized Keras object ({"class_name": ...}) or a
-    # per-output mapping {output_name: metrics}; only the latter is walked.
-    if isinstance(metrics, dict) and not ("class_name" in metrics or "module" in metrics):
-        return [m for v in metrics.values() for m in _flat(v)]
-    if isinstance(metrics, (list, tuple)):
-        return [m for v in metrics for m in _flat(v)]
-    return [metrics]
 
 
 def _fresh_metrics(metrics: Any) -> Any:

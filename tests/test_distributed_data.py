@@ -11,6 +11,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -18,8 +19,8 @@ import pytest
 import tensorflow as tf
 
 from kerasfed._compat import KERAS_3, keras
-from kerasfed.distributed import data
-from kerasfed.distributed.backup import adapt_user_backup, backup_callback
+from kerasfed.distributed import data, epoch_order
+from kerasfed.distributed.backup import adapt_user_backup, backup_callback, resume_epoch, save_seed, saved_seed
 from kerasfed.distributed.data import DataError
 from kerasfed.distributed.paths import WorkerPaths
 
@@ -77,21 +78,54 @@ def test_arrays_dataset_elements_and_multiple_inputs():
     np.testing.assert_array_equal(x[1].numpy(), IDS * 10)
 
 
-def test_shuffle_is_fixed_by_the_seed_and_new_every_epoch():
-    def epochs(seed, shuffle=True):
-        dataset = data.arrays_dataset(arrays(), batch_size=4, shuffle=shuffle, seed=seed)
-        return [batches(dataset) for _ in range(3)]
+def stream(inputs=None, *, epochs=3, **kwargs) -> list[list[list[int]]]:
+    """The ids of ``epochs`` epochs of training_batches, epoch by epoch."""
+    kwargs.setdefault("batch_size", 4)
+    kwargs.setdefault("shuffle", True)
+    kwargs.setdefault("seed", 7)
+    dataset, steps = epoch_order.training_batches(inputs or arrays(), **kwargs)
+    flat = batches(dataset.take(epochs * steps))
+    return [flat[e * steps:(e + 1) * steps] for e in range(epochs)]
 
-    a, b = epochs(7), epochs(7)
-    assert a == b  # the same seed on every worker gives the same global batches
-    assert a[0] != a[1]  # a new permutation every epoch
+
+def test_training_batches_are_fixed_by_the_seed_and_new_every_epoch():
+    a = stream()
+    assert a == stream()  # the same seed on every worker gives the same global batches
+    assert a[0] != a[1] != a[2]  # a new permutation every epoch
     for epoch in a:
+        assert [len(b) for b in epoch] == [4, 4, 2]  # the partial batch ends each epoch
         assert sorted(i for batch in epoch for i in batch) == list(range(10))
-    assert epochs(8) != a
+    assert stream(seed=8) != a
+    assert stream(shuffle=False) == [[[0, 1, 2, 3], [4, 5, 6, 7], [8, 9]]] * 3
 
-    by_batch = epochs(7, shuffle="batch")
-    for epoch in by_batch:  # whole batches move, their contents stay together
-        assert sorted(map(tuple, epoch)) == [(0, 1, 2, 3), (4, 5, 6, 7), (8, 9)]
+    for epoch in stream(shuffle="batch", epochs=6):  # whole batches move, the partial one stays last
+        assert sorted(map(tuple, epoch[:2])) == [(0, 1, 2, 3), (4, 5, 6, 7)] and epoch[2] == [8, 9]
+    assert len({tuple(map(tuple, e)) for e in stream(shuffle="batch", epochs=6)}) == 2
+
+
+def test_training_batches_resume_with_the_order_of_an_uninterrupted_run():
+    uninterrupted = stream(epochs=5)
+    assert stream(first_epoch=3, epochs=2) == uninterrupted[3:]
+    # With the user's steps_per_epoch, epochs cut passes over the data anywhere.
+    flat = [b for e in stream(epochs=5, steps_per_epoch=2) for b in e]
+    assert [b for e in stream(first_epoch=3, epochs=2, steps_per_epoch=2) for b in e] == flat[6:]
+    assert flat[:3] == uninterrupted[0] and flat[3:6] == uninterrupted[1]
+
+
+def test_training_batches_carry_sample_weights_and_several_inputs():
+    sw = np.linspace(0, 1, 10).astype("float32")
+    dataset, steps = epoch_order.training_batches(
+        arrays(sample_weight=sw), batch_size=10, shuffle=False, seed=0
+    )
+    x, y, w = next(iter(dataset))
+    assert steps == 1
+    np.testing.assert_array_equal(w.numpy(), sw)
+    np.testing.assert_array_equal(x.numpy(), IDS)
+    two_inputs = data.check_training_data([IDS, IDS * 10], IDS, None, None, {})
+    (a, b), _ = next(iter(epoch_order.training_batches(two_inputs, batch_size=10, shuffle=True, seed=1)[0]))
+    np.testing.assert_array_equal(b.numpy(), a.numpy() * 10)  # one permutation for every array
+    policy = dataset.options().experimental_distribute.auto_shard_policy
+    assert policy == tf.data.experimental.AutoShardPolicy.DATA
 
 
 def test_shared_seed_follows_numpy_seeding():
@@ -237,3 +271,61 @@ def test_keras_3_worker_backup_reads_the_chiefs_and_writes_its_own(tmp_path):
     assert begun == [2, 3]  # restored from the chief's backup
     assert sorted(os.listdir(backup)) == chief_files  # neither written nor deleted
     assert "latest.weights.h5" in os.listdir(own)
+
+
+@pytest.mark.parametrize("double_checkpoint", [False, True])
+def test_resume_epoch_reads_the_epoch_keras_resumes_at(tmp_path, double_checkpoint):
+    x, y = dist_common.make_data(32)
+    backup = backup_callback(tmp_path / "b", write_dir=None)
+    if KERAS_3:
+        backup.double_checkpoint = double_checkpoint
+    assert resume_epoch([backup]) is None  # nothing saved yet
+    with pytest.raises(RuntimeError, match="crash"):
+        dist_common.build_model().fit(x, y, epochs=4, verbose=0, callbacks=[backup, Crash()])
+    assert resume_epoch([keras.callbacks.History(), backup]) == 2
+
+    begun = []
+    recorder = keras.callbacks.LambdaCallback(on_epoch_begin=lambda epoch, logs: begun.append(epoch))
+    dist_common.build_model().fit(x, y, epochs=3, verbose=0, callbacks=[backup_callback(tmp_path / "b", write_dir=None), recorder])
+    assert begun == [2]  # Keras agrees
+    assert resume_epoch([backup_callback(tmp_path / "b", write_dir=None)]) is None  # deleted after success
+
+
+@pytest.mark.skipif(not KERAS_3, reason="Keras 3's double_checkpoint keeps a previous copy")
+def test_resume_epoch_falls_back_to_keras_3s_previous_copy(tmp_path):
+    backup = tmp_path / "b"
+    backup.mkdir()
+    (backup / "training_metadata.json").write_text("{not json")
+    (backup / "training_metadata.json.bkp").write_text('{"epoch": 3, "batch": 0}')
+    assert resume_epoch([keras.callbacks.BackupAndRestore(str(backup), double_checkpoint=True)]) == 3
+
+
+def test_resume_epoch_ignores_batch_wise_backups(tmp_path):
+    x, y = dist_common.make_data(32)
+    every_batch = keras.callbacks.BackupAndRestore(str(tmp_path / "b"), save_freq=1)
+    with pytest.raises(RuntimeError, match="crash"):
+        dist_common.build_model().fit(x, y, epochs=4, verbose=0, callbacks=[every_batch, Crash()])
+    assert resume_epoch([every_batch]) is None
+
+
+def test_first_epoch_check_warns_when_keras_resumes_elsewhere():
+    check = epoch_order.FirstEpochCheck(2)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        check.on_epoch_begin(2)
+        check.on_epoch_begin(3)
+    other = epoch_order.FirstEpochCheck(2)
+    with pytest.warns(UserWarning, match="prepared the training batches from epoch 2, but training resumed at epoch 1"):
+        other.on_epoch_begin(1)
+
+
+def test_the_shuffle_seed_is_kept_next_to_the_backup(tmp_path):
+    callbacks = [keras.callbacks.History(), keras.callbacks.BackupAndRestore(str(tmp_path / "b"))]
+    assert saved_seed(callbacks) is None
+    save_seed(callbacks, 1234)
+    assert saved_seed(callbacks) == 1234
+    assert os.listdir(tmp_path / "b") == ["kerasfed_order.json"]  # no temporary file left
+    (tmp_path / "b" / "kerasfed_order.json").write_text("{")
+    assert saved_seed(callbacks) is None  # unreadable: a new seed is drawn
+    save_seed([keras.callbacks.BackupAndRestore(str(tmp_path / "c"), save_freq=2)], 1)
+    assert not (tmp_path / "c").exists()  # batch-wise backups are not resumed in order

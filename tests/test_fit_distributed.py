@@ -160,6 +160,35 @@ def test_backup_dir_resumes_after_the_last_completed_epoch(tmp_path):
     assert_same_weights(history.model, plain_fit(epochs=4))
 
 
+@pytest.mark.parametrize("steps_per_epoch", [None, 3])
+def test_a_resumed_shuffled_run_equals_an_uninterrupted_one(tmp_path, steps_per_epoch):
+    # Keras draws epoch e's shuffle from a generator that restarts with the process,
+    # so a plain resumed run would repeat epoch 0's order; fit_distributed's order
+    # depends on (seed, epoch) only. steps_per_epoch=3 cuts passes over the 4 batches.
+    kwargs = dict(batch_size=16, epochs=4, shuffle=True, verbose=0, steps_per_epoch=steps_per_epoch)
+
+    def run(backup, callbacks):
+        keras.utils.set_random_seed(5)  # as a user script does, before and after the restart
+        return fit_distributed(dist_common.build_model(), X, Y, backup_dir=backup, callbacks=callbacks, **kwargs)
+
+    with pytest.raises(RuntimeError, match="crash"):
+        run(tmp_path / "resumed", [Crash(epoch=1)])
+    second = Crash(epoch=-1)
+    resumed = run(tmp_path / "resumed", [second]).model
+    assert second.begun == [2, 3]
+    uninterrupted = run(tmp_path / "uninterrupted", []).model
+    assert_same_weights(resumed, uninterrupted)
+
+    # Unseeded, the restarted script draws another seed: the backup's is used.
+    with pytest.raises(RuntimeError, match="crash"):
+        run(tmp_path / "unseeded", [Crash(epoch=1)])
+    np.random.seed(None)
+    resumed = fit_distributed(dist_common.build_model(), X, Y, backup_dir=tmp_path / "unseeded", **kwargs).model
+    assert_same_weights(resumed, uninterrupted)
+    if steps_per_epoch is None:  # and the examples were shuffled
+        assert not np.allclose(resumed.get_weights()[0], plain_fit(epochs=4).get_weights()[0], atol=1e-4)
+
+
 def test_mirrored_over_two_logical_cpus_matches_fit_on_one_device(tmp_path):
     out = tmp_path / "mirrored.json"
     run = subprocess.run(

@@ -132,11 +132,12 @@ def test_every_example_goes_to_exactly_one_worker(tmp_path):
         orders.append([i for k in range(8) for r in (0, 1) for i in steps[r][k]])
     assert orders[0] != orders[1]  # shuffled anew each epoch
 
-    # Without shuffling, global batch k holds examples 8k..8k+7: worker 0 the first
-    # half, worker 1 the second, as in single-process training.
-    for k in range(8):
-        both = ranks[0]["in_order"][0][k] + ranks[1]["in_order"][0][k]
-        assert both == list(range(8 * k, min(8 * k + 8, 57)))
+    # Without shuffling (and for validation arrays), global batch k holds examples
+    # 8k..8k+7: worker 0 the first half, worker 1 the second, as in one process.
+    for key in ("in_order", "validation"):
+        for k in range(8):
+            both = ranks[0][key][0][k] + ranks[1][key][0][k]
+            assert both == list(range(8 * k, min(8 * k + 8, 57)))
 
     # Four TFRecord files: sharded by file, two whole files per worker.
     files = [{i // 10 for step in ranks[r]["files"][0] for i in step} for r in (0, 1)]
@@ -145,10 +146,11 @@ def test_every_example_goes_to_exactly_one_worker(tmp_path):
     assert len(files[0]) == len(files[1]) == 2 and not files[0] & files[1]
 
 
-def test_killed_worker_resumes_after_last_completed_epoch(tmp_path):
+@pytest.mark.parametrize("shuffle", [False, True])
+def test_killed_worker_resumes_after_last_completed_epoch(tmp_path, shuffle):
+    common = [*(["--shuffle", "3"] if shuffle else []), "--n", "64", "--batch", "16", "--epochs", "4"]
     run = launch(
-        "dist_train.py", str(tmp_path), "--n", "64", "--batch", "16", "--epochs", "4",
-        "--kill-at-epoch", "1", "--backup", str(tmp_path / "backup"),
+        "dist_train.py", str(tmp_path), *common, "--kill-at-epoch", "1", "--backup", str(tmp_path / "backup"),
         max_restarts=1,
     )
     check_ok(run)
@@ -159,7 +161,15 @@ def test_killed_worker_resumes_after_last_completed_epoch(tmp_path):
         second = [e for attempt, e in begun if attempt == 1]
         assert first[:2] == [0, 1]  # rank 1 died at the end of epoch 1 (after its backup)
         assert second == [2, 3], begun  # the restarted group resumed after epoch 1
-    ref_weights, _ = reference(64, 16, 4)
+    if shuffle:
+        # The same job uninterrupted: the resumed job trained on the same batches.
+        uninterrupted = tmp_path / "uninterrupted"
+        uninterrupted.mkdir()
+        check_ok(launch("dist_train.py", str(uninterrupted), *common))
+        ref_weights = dist_common.load_weights(uninterrupted / "result.rank0.npz")
+        assert not np.allclose(ref_weights[0], reference(64, 16, 4)[0][0], atol=1e-4)  # it did shuffle
+    else:
+        ref_weights, _ = reference(64, 16, 4)
     for rank in (0, 1):
         assert_weights_close(dist_common.load_weights(tmp_path / f"result.rank{rank}.npz"), ref_weights)
     # The killed worker could not remove its temp dir; its successor did.

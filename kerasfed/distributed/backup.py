@@ -14,6 +14,7 @@ temporary directory.
 
 from __future__ import annotations
 
+import json
 import os
 from typing import Any
 
@@ -82,3 +83,74 @@ def adapt_user_backup(callback: keras.callbacks.Callback, *, write_dir: str | No
         double_checkpoint=getattr(callback, "double_checkpoint", False),
         delete_checkpoint=getattr(callback, "delete_checkpoint", True),
     )
+
+
+def resume_epoch(callbacks: list) -> int | None:
+    """The epoch ``model.fit`` will resume at from these callbacks' backup, or ``None``.
+
+    Read before ``fit`` starts, so that the training data can start at that epoch
+    (:mod:`kerasfed.distributed.epoch_order`); ``fit`` then restores the same
+    backup itself. Only epoch-wise backups (``save_freq="epoch"``) are read.
+    """
+    backup_dir = _epoch_backup_dir(callbacks)
+    if backup_dir is None:
+        return None
+    return _keras3_saved_epoch(backup_dir) if KERAS_3 else _keras2_saved_epoch(backup_dir)
+
+
+# Next to Keras's files in backup_dir: the shuffle seed of the run being backed up,
+# so that a resumed run keeps its order even when the script draws a new seed.
+_ORDER_FILE = "kerasfed_order.json"
+
+
+def saved_seed(callbacks: list) -> int | None:
+    """The shuffle seed recorded by :func:`save_seed` in the backup, if any."""
+    backup_dir = _epoch_backup_dir(callbacks)
+    try:
+        with open(os.path.join(backup_dir, _ORDER_FILE)) as f:
+            return int(json.load(f)["seed"])
+    except (TypeError, OSError, ValueError, KeyError):
+        return None
+
+
+def save_seed(callbacks: list, seed: int) -> None:
+    """Records the shuffle seed in the backup directory (call on the chief only)."""
+    backup_dir = _epoch_backup_dir(callbacks)
+    if backup_dir is None:
+        return
+    os.makedirs(backup_dir, exist_ok=True)
+    temporary = os.path.join(backup_dir, f".{_ORDER_FILE}.{os.getpid()}")
+    with open(temporary, "w") as f:
+        json.dump({"seed": seed}, f)
+    os.replace(temporary, os.path.join(backup_dir, _ORDER_FILE))  # never half-written
+
+
+def _epoch_backup_dir(callbacks: list) -> str | None:
+    for callback in callbacks:
+        if isinstance(callback, keras.callbacks.BackupAndRestore) and callback.save_freq == "epoch":
+            return os.fspath(callback.backup_dir)
+    return None
+
+
+def _keras2_saved_epoch(backup_dir: str) -> int | None:
+    # Keras 2 keeps the last completed epoch in the chief's checkpoint (its
+    # WorkerTrainingState) and resumes at the one after it.
+    import tensorflow as tf
+
+    checkpoint = tf.train.latest_checkpoint(os.path.join(backup_dir, "chief"))
+    if checkpoint is None:
+        return None
+    saved = int(tf.train.load_checkpoint(checkpoint).get_tensor("ckpt_saved_epoch/.ATTRIBUTES/VARIABLE_VALUE"))
+    return saved + 1 if saved >= 0 else None
+
+
+def _keras3_saved_epoch(backup_dir: str) -> int | None:
+    # Keras 3 writes the epoch to resume at next to the weights, and falls back
+    # to the previous copy (double_checkpoint) when the current one cannot be read.
+    for name in ("training_metadata.json", "training_metadata.json.bkp"):
+        try:
+            with open(os.path.join(backup_dir, name)) as f:
+                return int(json.load(f)["epoch"])
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+    return None

@@ -12,15 +12,18 @@ Three forms are accepted, for training and validation alike:
   ``strategy.distribute_datasets_from_function``; it is repeated, so
   ``steps_per_epoch`` (and ``validation_steps``) say how long an epoch is.
 
-Arrays on a single worker go to ``model.fit`` unchanged (Keras semantics, no
-overhead). Across workers they become a ``tf.data.Dataset`` of global batches
-sharded with ``AutoShardPolicy.DATA``: every worker builds the same sequence of
-global batches (shuffled with a seed the workers share) and keeps its replicas'
-slices of each, so every example is used by exactly one replica per epoch and the
-global batches are those a single process would form. The last, partial global
-batch is kept (nothing dropped, nothing padded): TensorFlow splits it across the
-replicas as evenly as it can, some may get an empty batch, and every worker still
-runs the same number of steps.
+Arrays on a single worker without a backup go to ``model.fit`` unchanged (Keras
+semantics, no overhead). Across workers, or when training backs up to resume, they
+become an endless ``tf.data.Dataset`` of global batches
+(:mod:`kerasfed.distributed.epoch_order`) sharded with ``AutoShardPolicy.DATA``:
+every worker builds the same sequence of global batches (each epoch's order a
+function of a seed the workers share and the epoch) and keeps its replicas' slices
+of each, so every example is used by exactly one replica per epoch, the global
+batches are those a single process would form, and a resumed run sees the batches
+an uninterrupted one would. The last, partial global batch of each epoch is kept
+(nothing dropped, nothing padded): TensorFlow splits it across the replicas as
+evenly as it can, some may get an empty batch, and every worker still runs the
+same number of steps.
 """
 
 from __future__ import annotations
@@ -174,30 +177,24 @@ def split_validation(train: Inputs, validation_split: float) -> tuple[Inputs, In
     )
 
 
-def arrays_dataset(inputs: Inputs, *, batch_size: int, shuffle: bool | str = False, seed: int = 0) -> tf.data.Dataset:
-    """Global batches of in-memory arrays, sharded across workers by data.
+def element_tensors(inputs: Inputs) -> tuple:
+    """``(x, y[, sample_weight])`` of checked arrays, lists made tuples (``model.fit``'s element)."""
+    return tuple(
+        v for v in (_tuples(inputs.x), _tuples(inputs.y), _tuples(inputs.sample_weight)) if v is not None
+    )
 
-    Every worker calls this with the same arrays and ``seed``, so all build the same
-    sequence of global batches; ``AutoShardPolicy.DATA`` then gives each replica its
-    slice of every global batch.
+
+def arrays_dataset(inputs: Inputs, *, batch_size: int) -> tf.data.Dataset:
+    """Global batches of in-memory arrays in order, sharded across workers by data.
+
+    For validation data; training batches come from
+    :func:`kerasfed.distributed.epoch_order.training_batches`.
 
     Args:
         inputs: Checked arrays.
         batch_size: The global batch size.
-        shuffle: ``True`` shuffles examples every epoch, ``"batch"`` shuffles whole
-            batches (as in Keras), ``False`` keeps the order.
-        seed: Shuffle seed; the same on every worker.
     """
-    elements = tuple(
-        v for v in (_tuples(inputs.x), _tuples(inputs.y), _tuples(inputs.sample_weight)) if v is not None
-    )
-    dataset = tf.data.Dataset.from_tensor_slices(elements)
-    if shuffle is True:
-        dataset = dataset.shuffle(inputs.num_examples, seed=seed, reshuffle_each_iteration=True)
-    dataset = dataset.batch(batch_size)
-    if shuffle == "batch":
-        num_batches = math.ceil(inputs.num_examples / batch_size)
-        dataset = dataset.shuffle(num_batches, seed=seed, reshuffle_each_iteration=True)
+    dataset = tf.data.Dataset.from_tensor_slices(element_tensors(inputs)).batch(batch_size)
     options = tf.data.Options()
     options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
     return dataset.with_options(options).prefetch(tf.data.AUTOTUNE)

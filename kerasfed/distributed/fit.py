@@ -21,7 +21,7 @@ import tensorflow as tf
 
 from kerasfed._compat import keras
 from kerasfed._keras_model import ModelLike, ModelRecipe, ModelTypeError, resolve_compiled_model
-from kerasfed.distributed import arguments, data
+from kerasfed.distributed import arguments, backup, data, epoch_order
 from kerasfed.distributed.backup import adapt_user_backup, backup_callback
 from kerasfed.distributed.keras3_build import build_from_local_batch
 from kerasfed.distributed.paths import WorkerPaths
@@ -149,7 +149,6 @@ def fit_distributed(
     trained = _model_in_scope(model, strategy)
     chief = is_chief(strategy)
     with WorkerPaths(is_chief=chief, rank=worker_rank(strategy)) as paths:
-        inputs = _data_arguments(train, validation, strategy, batch_size, fit_kwargs)
         backs_up = backup_dir is not None or any(
             isinstance(c, keras.callbacks.BackupAndRestore) for c in callbacks
         )
@@ -158,6 +157,11 @@ def fit_distributed(
         if backup_dir is not None:
             # First, so that an epoch counts as done only once its backup is written.
             callbacks.insert(0, backup_callback(backup_dir, write_dir=backup_write_dir))
+        inputs, first_epoch = _data_arguments(
+            train, validation, strategy, batch_size, fit_kwargs, callbacks if backs_up else None
+        )
+        if first_epoch is not None:
+            callbacks.append(epoch_order.FirstEpochCheck(first_epoch))
         paths.redirect(callbacks)
         with strategy.scope(), build_from_local_batch(trained, strategy):
             history = trained.fit(
@@ -201,8 +205,14 @@ def _data_arguments(
     strategy: tf.distribute.Strategy,
     batch_size: int | None,
     fit_kwargs: dict,
-) -> dict:
-    """The data keywords of ``model.fit`` (plus the other fit keywords)."""
+    backups: list | None,
+) -> tuple[dict, int | None]:
+    """The data keywords of ``model.fit`` (plus the other fit keywords).
+
+    ``backups`` are the callbacks when one of them backs training up (``None``
+    otherwise); arrays then become a stream that resumes in order. Also returns
+    the epoch that stream starts at (``None`` when Keras feeds the data).
+    """
     kwargs = dict(fit_kwargs)
     multi_worker = is_multi_worker(strategy)
     global_batch = batch_size or DEFAULT_BATCH_SIZE
@@ -213,16 +223,17 @@ def _data_arguments(
             f"batch size of at least {strategy.num_replicas_in_sync}.",
             stacklevel=3,
         )
-    if train.kind == data.ARRAYS and multi_worker:
+    first_epoch = None
+    if train.kind == data.ARRAYS and (multi_worker or backups is not None):
         # Shuffling and splitting become ours: every worker must build the same
-        # global batches for the DATA sharding to give each example to one replica.
+        # global batches for the DATA sharding to give each example to one replica,
+        # and a run resumed from a backup must see the batches of an uninterrupted one.
         split = kwargs.pop("validation_split", None)
         if split and validation is None:
             train, validation = data.split_validation(train, split)
-        shuffle = kwargs.pop("shuffle", True)
-        seed = data.shared_seed(strategy) if shuffle else 0
-        kwargs["x"] = data.arrays_dataset(train, batch_size=global_batch, shuffle=shuffle, seed=seed)
-        kwargs["shuffle"] = False
+        kwargs["x"], kwargs["steps_per_epoch"], first_epoch = _ordered_batches(
+            train, strategy, global_batch, kwargs, backups
+        )
     elif train.kind == data.ARRAYS:
         kwargs.update(x=train.x, y=train.y, sample_weight=train.sample_weight, batch_size=batch_size)
     elif train.kind == data.DATASET:
@@ -233,7 +244,7 @@ def _data_arguments(
         # Keras 3 warns about its default shuffle=True with a dataset, which it ignores.
         kwargs.setdefault("shuffle", False)
     if validation is None:
-        return kwargs
+        return kwargs, first_epoch
     if validation.kind == data.DATASET:
         kwargs["validation_data"] = validation.x
     elif validation.kind == data.DATASET_FN:
@@ -244,7 +255,36 @@ def _data_arguments(
     else:
         parts = (validation.x, validation.y, validation.sample_weight)
         kwargs["validation_data"] = parts if validation.sample_weight is not None else parts[:2]
-    return kwargs
+    return kwargs, first_epoch
+
+
+def _ordered_batches(
+    train: data.Inputs,
+    strategy: tf.distribute.Strategy,
+    global_batch: int,
+    kwargs: dict,
+    backups: list | None,
+) -> tuple[tf.data.Dataset, int, int]:
+    """Training arrays as global batches in an order fixed by (seed, epoch).
+
+    Pops ``shuffle`` from ``kwargs``; returns the dataset, the steps per epoch and
+    the epoch it starts at. A restored run reuses the seed its backup recorded.
+    """
+    shuffle = kwargs.pop("shuffle", True)
+    kwargs["shuffle"] = False  # the stream is shuffled already
+    restored = backup.resume_epoch(backups or [])
+    first_epoch = restored if restored is not None else kwargs.get("initial_epoch", 0)
+    seed = backup.saved_seed(backups) if restored is not None and shuffle else None
+    if seed is None:
+        # Every worker takes this branch or none: they all read the same backup.
+        seed = data.shared_seed(strategy) if shuffle else 0
+        if backups is not None and is_chief(strategy):
+            backup.save_seed(backups, seed)
+    dataset, steps = epoch_order.training_batches(
+        train, batch_size=global_batch, shuffle=shuffle, seed=seed, first_epoch=first_epoch,
+        steps_per_epoch=kwargs.get("steps_per_epoch"),
+    )
+    return dataset, steps, first_epoch
 
 
 def _save(model: keras.Model, path: str) -> None:

@@ -28,10 +28,17 @@ def local_ids(strategy, distributed_batch) -> list[int]:
     return ids
 
 
-def epoch_ids(strategy, dataset, epochs: int) -> list[list[list[int]]]:
-    """For each epoch, for each step, the ids this worker's replicas got."""
+def epoch_ids(strategy, dataset, epochs: int, steps: int | None = None) -> list[list[list[int]]]:
+    """For each epoch, for each step, the ids this worker's replicas got.
+
+    A finite dataset is iterated anew every epoch; an endless one (``steps`` per
+    epoch) once, as ``model.fit`` does.
+    """
     distributed = strategy.experimental_distribute_dataset(dataset)
-    return [[local_ids(strategy, batch[0]) for batch in distributed] for _ in range(epochs)]
+    if steps is None:
+        return [[local_ids(strategy, batch[0]) for batch in distributed] for _ in range(epochs)]
+    iterator = iter(distributed)
+    return [[local_ids(strategy, next(iterator)[0]) for _ in range(steps)] for _ in range(epochs)]
 
 
 def write_files(folder: str) -> list[str]:
@@ -56,13 +63,13 @@ def main() -> None:
     import numpy as np
     import tensorflow as tf
 
-    from kerasfed.distributed import data
+    from kerasfed.distributed import data, epoch_order
 
     ids = np.arange(N_ARRAYS, dtype="int64").reshape(-1, 1)
     inputs = data.check_training_data(ids, ids.copy(), None, None, {})
     seed = data.shared_seed(strategy)
-    shuffled = data.arrays_dataset(inputs, batch_size=GLOBAL_BATCH, shuffle=True, seed=seed)
-    in_order = data.arrays_dataset(inputs, batch_size=GLOBAL_BATCH)
+    shuffled, steps = epoch_order.training_batches(inputs, batch_size=GLOBAL_BATCH, shuffle=True, seed=seed)
+    in_order, _ = epoch_order.training_batches(inputs, batch_size=GLOBAL_BATCH, shuffle=False, seed=seed)
 
     # Every worker writes identical files to its own folder: the same as a shared
     # filesystem for FILE sharding, which splits the list of files by position.
@@ -74,8 +81,9 @@ def main() -> None:
 
     result = {
         "seed": seed,
-        "shuffled": epoch_ids(strategy, shuffled, 2),
-        "in_order": epoch_ids(strategy, in_order, 1),
+        "shuffled": epoch_ids(strategy, shuffled, 2, steps),
+        "in_order": epoch_ids(strategy, in_order, 1, steps),
+        "validation": epoch_ids(strategy, data.arrays_dataset(inputs, batch_size=GLOBAL_BATCH), 1),
         "files": epoch_ids(strategy, records, 1),
     }
     with open(os.path.join(out, f"shards.rank{rank}.json"), "w") as f:

@@ -35,6 +35,7 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--validation", action="store_true")
     p.add_argument("--dataset-fn", action="store_true", help="then train again from a dataset_fn")
     p.add_argument("--backup")
+    p.add_argument("--shuffle", type=int, metavar="SEED", help="shuffle, after keras.utils.set_random_seed(SEED)")
     p.add_argument("--kill-at-epoch", type=int, help="rank 1 SIGKILLs itself there in attempt 0")
     p.add_argument("--fail", choices=["before", "during"], help="rank 1 raises")
     p.add_argument("--save")
@@ -95,13 +96,15 @@ def main() -> None:
         raise RuntimeError("rank 1 fails before training")
     model = (lambda: dist_common.build_model()) if args.model_as_function else dist_common.build_model(SpySequential)
     validation = dist_common.make_data(16, seed=5) if args.validation else None
+    if args.shuffle is not None:
+        keras.utils.set_random_seed(args.shuffle)
     history = fit_distributed(
         model,
         x,
         y,
         batch_size=args.batch,
         epochs=args.epochs,
-        shuffle=False,
+        shuffle=args.shuffle is not None,
         validation_data=validation,
         callbacks=[*file_callbacks, recorder],
         backup_dir=args.backup,

@@ -7,6 +7,10 @@ MNIST-shaped data, global batch 64, Keras's default shuffling. Contestants:
 - ``plain_fit``: ``model.fit`` in one process on one device (the baseline);
 - ``default``: ``fit_distributed(..., strategy="default")``, i.e. no distribution
   (what ``"auto"`` picks on a machine with one device): the cost of kerasfed itself;
+- ``plain_fit_backup`` and ``default_backup``: the same two with an epoch-wise
+  backup (``keras.callbacks.BackupAndRestore`` / ``backup_dir``); kerasfed then
+  feeds the arrays as a stream whose order survives a restart, and the ratio of
+  the two is the cost of that stream;
 - ``mirrored_2cpu``: ``fit_distributed(..., strategy="mirrored")`` over two logical
   CPUs of one process (``use_logical_cpus(2)``);
 - ``multi_worker_2``: two processes on 127.0.0.1 started by ``kerasfed launch
@@ -33,16 +37,22 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 
 FEATURES, CLASSES, BATCH = 784, 10, 64
-CONTESTANTS = ("plain_fit", "default", "mirrored_2cpu", "multi_worker_2", "tf_multi_worker_2")
+CONTESTANTS = (
+    "plain_fit", "default", "plain_fit_backup", "default_backup", "mirrored_2cpu", "multi_worker_2", "tf_multi_worker_2"
+)
 LABELS = {
     "plain_fit": "model.fit, 1 device",
     "default": "fit_distributed default",
+    "plain_fit_backup": "model.fit + BackupAndRestore",
+    "default_backup": "fit_distributed default, backup_dir",
     "mirrored_2cpu": "fit_distributed mirrored 2 CPUs",
     "multi_worker_2": "fit_distributed 2 workers",
     "tf_multi_worker_2": "model.fit under TF's MWMS, 2 workers",
@@ -104,8 +114,17 @@ def child(name: str, epochs: int, examples: int) -> None:
     x, y = make_data(examples)
     clock = EpochClock()
     model = build_model()
+    backup_dir = tempfile.mkdtemp(prefix="kerasfed-bench-")  # removed below
     if name == "plain_fit":
         model.fit(x, y, batch_size=BATCH, epochs=epochs, callbacks=[clock], verbose=0)
+    elif name == "plain_fit_backup":
+        backup = keras.callbacks.BackupAndRestore(os.path.join(backup_dir, "b"))
+        model.fit(x, y, batch_size=BATCH, epochs=epochs, callbacks=[backup, clock], verbose=0)
+    elif name == "default_backup":
+        fit_distributed(
+            model, x, y, strategy="default", batch_size=BATCH, epochs=epochs, callbacks=[clock], verbose=0,
+            backup_dir=os.path.join(backup_dir, "b"),
+        )
     elif name == "tf_multi_worker_2":
         with tf_strategy.scope():
             model = build_model()
@@ -113,6 +132,7 @@ def child(name: str, epochs: int, examples: int) -> None:
     else:
         strategy = {"default": "default", "mirrored_2cpu": "mirrored", "multi_worker_2": "auto"}[name]
         fit_distributed(model, x, y, strategy=strategy, batch_size=BATCH, epochs=epochs, callbacks=[clock], verbose=0)
+    shutil.rmtree(backup_dir, ignore_errors=True)
     rank = int(os.environ.get("KERASFED_RANK", "0"))
     print(json.dumps({"rank": rank, "epoch_s": clock.seconds}), flush=True)
 
@@ -184,6 +204,9 @@ def main() -> None:
             print(f"{LABELS[name]:38} {'fails in this Keras (keras-team/keras#20585)':>22}")
         else:
             print(f"{LABELS[name]:38} {best[name]:8.3f} {best[name] / base:13.3f}")
+    if best.get("plain_fit_backup") and best.get("default_backup"):
+        ratio = best["default_backup"] / best["plain_fit_backup"]
+        print(f"with a backup, fit_distributed vs model.fit: {ratio:.3f}")
 
 
 if __name__ == "__main__":

@@ -232,8 +232,11 @@ def shared_seed(strategy: tf.distribute.Strategy) -> int:
         first = tf.equal(context.replica_id_in_sync_group, 0)
         return tf.where(first, tf.constant(float(local)), tf.constant(0.0))
 
-    total = strategy.reduce(tf.distribute.ReduceOp.SUM, strategy.run(contribution), axis=None)
-    return int(total.numpy())
+    @tf.function  # run eagerly, MultiWorkerMirroredStrategy logs a warning about its overhead
+    def draw():
+        return strategy.reduce(tf.distribute.ReduceOp.SUM, strategy.run(contribution), axis=None)
+
+    return int(draw().numpy())
 
 
 def _kind(value: Any, name: str, *, allow_arrays: bool = True, allow_datasets: bool = True) -> str:

@@ -40,7 +40,10 @@ class Algorithm(abc.ABC):
     def name(self) -> str:
         """Short identifier, e.g. ``"fedavg"`` (registry names build these values)."""
 
-    @abc.abstractmethod
+    #: Whether clients are weighted by their numbers of examples. Subclasses with
+    #: a choice make this a dataclass field.
+    weighted: ClassVar[bool] = True
+
     def build(
         self,
         *,
@@ -55,7 +58,8 @@ class Algorithm(abc.ABC):
           model_fn: Zero-argument function building a *fresh*
             ``tff.learning.models.VariableModel`` on each call (TFF calls it while
             tracing, in its own graphs).
-          client_optimizer: ``tff.learning.optimizers.Optimizer`` for local training.
+          client_optimizer: ``tff.learning.optimizers.Optimizer`` for local training
+            (ignored when ``uses_client_optimizer`` is False).
           server_optimizer: ``tff.learning.optimizers.Optimizer`` applying the
             averaged client update (its negation is the pseudo-gradient).
           model_aggregator: Optional ``tff.aggregators`` factory for the client
@@ -65,6 +69,34 @@ class Algorithm(abc.ABC):
           AlgorithmTypeError: An argument has the wrong type.
           AlgorithmError: The aggregator does not fit the algorithm's weighting.
         """
+        tff = require_tff()
+        optimizers = {"client_optimizer": client_optimizer} if self.uses_client_optimizer else {}
+        check_build_args(tff, self.name, model_fn, {**optimizers, "server_optimizer": server_optimizer})
+        weighting = weighting_for(
+            tff, self.name, model_aggregator, weighted=self.weighted, unweighted_variant=self.unweighted_variant
+        )
+        return self.build_process(
+            tff, weighting, model_fn=model_fn, client_optimizer=client_optimizer,
+            server_optimizer=server_optimizer, model_aggregator=model_aggregator,
+        )
+
+    @property
+    @abc.abstractmethod
+    def unweighted_variant(self) -> str:
+        """What to use instead with an unweighted aggregator (quoted in the error)."""
+
+    @abc.abstractmethod
+    def build_process(
+        self,
+        tff: Any,
+        weighting: "Weighting",
+        *,
+        model_fn: ModelFn,
+        client_optimizer: Any,
+        server_optimizer: Any,
+        model_aggregator: Optional[Any],
+    ) -> Any:
+        """``build`` after its checks: calls the TFF builder that fits ``weighting``."""
 
 
 class Weighting(enum.Enum):
@@ -135,11 +167,25 @@ def weighting_for(
     )
 
 
-def client_weighting(tff: Any, weighting: Weighting) -> Any:
-    """The ``tff.learning.ClientWeighting`` for a weighted builder."""
-    if weighting is Weighting.NUM_EXAMPLES:
-        return tff.learning.ClientWeighting.NUM_EXAMPLES
-    return tff.learning.ClientWeighting.UNIFORM
+def build_for_weighting(
+    tff: Any,
+    weighting: Weighting,
+    *,
+    weighted_builder: Callable[..., Any],
+    unweighted_builder: Callable[..., Any],
+    model_fn: ModelFn,
+    model_aggregator: Optional[Any],
+    **optimizers: Any,
+) -> Any:
+    """Calls TFF's weighted builder (with the client weighting) or its unweighted one."""
+    if weighting is Weighting.UNWEIGHTED:
+        return unweighted_builder(model_fn, model_aggregator=model_aggregator, **optimizers)
+    client_weighting = (
+        tff.learning.ClientWeighting.NUM_EXAMPLES
+        if weighting is Weighting.NUM_EXAMPLES
+        else tff.learning.ClientWeighting.UNIFORM
+    )
+    return weighted_builder(model_fn, client_weighting=client_weighting, model_aggregator=model_aggregator, **optimizers)
 
 
 def check_bool(owner: str, field: str, value: Any) -> None:

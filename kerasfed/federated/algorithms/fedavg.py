@@ -19,16 +19,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Optional
 
-from kerasfed.federated.algorithms._base import (
-    Algorithm,
-    ModelFn,
-    Weighting,
-    check_bool,
-    check_build_args,
-    client_weighting,
-    require_tff,
-    weighting_for,
-)
+from kerasfed.federated.algorithms._base import Algorithm, ModelFn, Weighting, build_for_weighting, check_bool
 
 
 @dataclasses.dataclass(frozen=True)
@@ -53,35 +44,25 @@ class FedAvg(Algorithm):
     def name(self) -> str:
         return "fedavg" if self.weighted else "fedavg_unweighted"
 
-    def build(
+    @property
+    def unweighted_variant(self) -> str:
+        return "algorithm='fedavg_unweighted' or FedAvg(weighted=False)"
+
+    def build_process(
         self,
+        tff: Any,
+        weighting: Weighting,
         *,
         model_fn: ModelFn,
         client_optimizer: Any,
         server_optimizer: Any,
-        model_aggregator: Optional[Any] = None,
+        model_aggregator: Optional[Any],
     ) -> Any:
-        tff = require_tff()
-        check_build_args(
-            tff, self.name, model_fn,
-            {"client_optimizer": client_optimizer, "server_optimizer": server_optimizer},
-        )
-        weighting = weighting_for(
-            tff, self.name, model_aggregator, weighted=self.weighted,
-            unweighted_variant="algorithm='fedavg_unweighted' or FedAvg(weighted=False)",
-        )
         algorithms = tff.learning.algorithms
-        if weighting is Weighting.UNWEIGHTED:
-            return algorithms.build_unweighted_fed_avg(
-                model_fn,
-                client_optimizer_fn=client_optimizer,
-                server_optimizer_fn=server_optimizer,
-                model_aggregator=model_aggregator,
-            )
-        return algorithms.build_weighted_fed_avg(
-            model_fn,
-            client_optimizer_fn=client_optimizer,
-            server_optimizer_fn=server_optimizer,
-            client_weighting=client_weighting(tff, weighting),
-            model_aggregator=model_aggregator,
+        return build_for_weighting(
+            tff, weighting,
+            weighted_builder=algorithms.build_weighted_fed_avg,
+            unweighted_builder=algorithms.build_unweighted_fed_avg,
+            model_fn=model_fn, model_aggregator=model_aggregator,
+            client_optimizer_fn=client_optimizer, server_optimizer_fn=server_optimizer,
         )

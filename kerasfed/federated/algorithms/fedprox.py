@@ -27,10 +27,8 @@ from kerasfed.federated.algorithms._base import (
     AlgorithmError,
     AlgorithmTypeError,
     ModelFn,
+    Weighting,
     check_bool,
-    check_build_args,
-    require_tff,
-    weighting_for,
 )
 from kerasfed.federated.algorithms.fedavg import FedAvg
 
@@ -77,29 +75,24 @@ class FedProx(Algorithm):
     def name(self) -> str:
         return "fedprox" if self.weighted else "fedprox_unweighted"
 
-    def build(
+    @property
+    def unweighted_variant(self) -> str:
+        return f"FedProx(mu={self.mu}, weighted=False)"
+
+    def build_process(
         self,
+        tff: Any,
+        weighting: Weighting,
         *,
         model_fn: ModelFn,
         client_optimizer: Any,
         server_optimizer: Any,
-        model_aggregator: Optional[Any] = None,
+        model_aggregator: Optional[Any],
     ) -> Any:
-        tff = require_tff()
-        check_build_args(
-            tff, self.name, model_fn,
-            {"client_optimizer": client_optimizer, "server_optimizer": server_optimizer},
-        )
-        # Checked here too so that errors name FedProx, not the FedAvg it builds.
-        weighting_for(
-            tff, self.name, model_aggregator, weighted=self.weighted,
-            unweighted_variant=f"FedProx(mu={self.mu}, weighted=False)",
-        )
         from kerasfed.federated.algorithms._proximal import ProximalOptimizer  # noqa: PLC0415
 
-        return FedAvg(weighted=self.weighted).build(
-            model_fn=model_fn,
+        return FedAvg(weighted=self.weighted).build_process(
+            tff, weighting, model_fn=model_fn,
             client_optimizer=ProximalOptimizer(client_optimizer, self.mu),
-            server_optimizer=server_optimizer,
-            model_aggregator=model_aggregator,
+            server_optimizer=server_optimizer, model_aggregator=model_aggregator,
         )

@@ -20,13 +20,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, ClassVar, Optional
 
-from kerasfed.federated.algorithms._base import (
-    Algorithm,
-    ModelFn,
-    check_build_args,
-    require_tff,
-    weighting_for,
-)
+from kerasfed.federated.algorithms._base import Algorithm, ModelFn, Weighting
 
 
 @dataclasses.dataclass(frozen=True)
@@ -44,25 +38,22 @@ class FedSGD(Algorithm):
     def name(self) -> str:
         return "fedsgd"
 
-    def build(
+    @property
+    def unweighted_variant(self) -> str:
+        # TFF's FedSGD always weights by examples: an unweighted aggregator is refused.
+        return "algorithm='fedavg_unweighted' with one local step"
+
+    def build_process(
         self,
+        tff: Any,
+        weighting: Weighting,
         *,
         model_fn: ModelFn,
         client_optimizer: Any,
         server_optimizer: Any,
-        model_aggregator: Optional[Any] = None,
+        model_aggregator: Optional[Any],
     ) -> Any:
-        """See ``Algorithm.build``; ``client_optimizer`` is accepted and ignored."""
-        del client_optimizer  # clients only compute gradients
-        tff = require_tff()
-        check_build_args(tff, self.name, model_fn, {"server_optimizer": server_optimizer})
-        # TFF's FedSGD always weights by examples: an unweighted aggregator is refused.
-        weighting_for(
-            tff, self.name, model_aggregator, weighted=True,
-            unweighted_variant="algorithm='fedavg_unweighted' with one local step",
-        )
+        del weighting, client_optimizer  # always by examples; clients only compute gradients
         return tff.learning.algorithms.build_fed_sgd(
-            model_fn,
-            server_optimizer_fn=server_optimizer,
-            model_aggregator=model_aggregator,
+            model_fn, server_optimizer_fn=server_optimizer, model_aggregator=model_aggregator
         )

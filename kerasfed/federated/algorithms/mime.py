@@ -32,16 +32,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Optional
 
-from kerasfed.federated.algorithms._base import (
-    Algorithm,
-    ModelFn,
-    Weighting,
-    check_bool,
-    check_build_args,
-    client_weighting,
-    require_tff,
-    weighting_for,
-)
+from kerasfed.federated.algorithms._base import Algorithm, ModelFn, Weighting, build_for_weighting, check_bool
 
 
 @dataclasses.dataclass(frozen=True)
@@ -66,35 +57,25 @@ class MimeLite(Algorithm):
     def name(self) -> str:
         return "mime" if self.weighted else "mime_unweighted"
 
-    def build(
+    @property
+    def unweighted_variant(self) -> str:
+        return "MimeLite(weighted=False)"
+
+    def build_process(
         self,
+        tff: Any,
+        weighting: Weighting,
         *,
         model_fn: ModelFn,
         client_optimizer: Any,
         server_optimizer: Any,
-        model_aggregator: Optional[Any] = None,
+        model_aggregator: Optional[Any],
     ) -> Any:
-        tff = require_tff()
-        check_build_args(
-            tff, self.name, model_fn,
-            {"client_optimizer": client_optimizer, "server_optimizer": server_optimizer},
-        )
-        weighting = weighting_for(
-            tff, self.name, model_aggregator, weighted=self.weighted,
-            unweighted_variant="MimeLite(weighted=False)",
-        )
         algorithms = tff.learning.algorithms
-        if weighting is Weighting.UNWEIGHTED:
-            return algorithms.build_unweighted_mime_lite(
-                model_fn,
-                base_optimizer=client_optimizer,
-                server_optimizer=server_optimizer,
-                model_aggregator=model_aggregator,
-            )
-        return algorithms.build_weighted_mime_lite(
-            model_fn,
-            base_optimizer=client_optimizer,
-            server_optimizer=server_optimizer,
-            client_weighting=client_weighting(tff, weighting),
-            model_aggregator=model_aggregator,
+        return build_for_weighting(
+            tff, weighting,
+            weighted_builder=algorithms.build_weighted_mime_lite,
+            unweighted_builder=algorithms.build_unweighted_mime_lite,
+            model_fn=model_fn, model_aggregator=model_aggregator,
+            base_optimizer=client_optimizer, server_optimizer=server_optimizer,
         )

@@ -1,16 +1,20 @@
-"""Tests for kerasfed.federated.client_data: ClientData, as_client_data, validate, sampling."""
+"""Tests for kerasfed.federated.clients: ClientData, as_client_data, validate, sampling."""
 
 from __future__ import annotations
+
+import zlib
 
 import numpy as np
 import pytest
 import tensorflow as tf
 
-from kerasfed.federated.client_data import (
+from kerasfed.federated.clients import (
     ClientData,
     ClientDataError,
     ClientDataTypeError,
     as_client_data,
+    client_shuffle_seed,
+    epoch_orders,
     sample_clients,
 )
 
@@ -526,3 +530,93 @@ def test_sample_clients_all_and_from_client_data():
 def test_sample_clients_errors(args, error, match):
     with pytest.raises(error, match=match):
         sample_clients(*args)
+
+
+# -- epoch_orders, client_shuffle_seed ------------------------------------------------------
+
+
+def test_epoch_orders_shape_and_permutations():
+    orders = epoch_orders(7, epochs=3, shuffle=True, seed=4)
+    assert orders.shape == (3, 7) and orders.dtype == np.int64
+    for row in orders:
+        np.testing.assert_array_equal(np.sort(row), np.arange(7))
+    assert len({tuple(row) for row in orders}) == 3  # each epoch reshuffles
+    assert epoch_orders(0, epochs=2, shuffle=True, seed=4).shape == (2, 0)
+
+
+def test_epoch_orders_without_shuffle_is_arange_and_ignores_seed():
+    orders = epoch_orders(5, epochs=2, shuffle=False, seed=9)
+    assert orders.dtype == np.int64
+    np.testing.assert_array_equal(orders, [np.arange(5), np.arange(5)])
+    np.testing.assert_array_equal(orders, epoch_orders(5, epochs=2, shuffle=False, seed=None))
+
+
+def test_epoch_orders_are_numpys_permutations_of_the_seed():
+    orders = epoch_orders(9, epochs=2, shuffle=True, seed=[3, 1, 4])
+    np.testing.assert_array_equal(orders, epoch_orders(9, epochs=2, shuffle=True, seed=[3, 1, 4]))
+    rng = np.random.default_rng([3, 1, 4])
+    np.testing.assert_array_equal(orders, [rng.permutation(9), rng.permutation(9)])
+    assert not np.array_equal(orders, epoch_orders(9, epochs=2, shuffle=True, seed=[3, 1, 5]))
+    # One more epoch draws one more row after the same ones.
+    longer = epoch_orders(9, epochs=3, shuffle=True, seed=[3, 1, 4])
+    np.testing.assert_array_equal(longer[:2], orders)
+
+
+@pytest.mark.parametrize("shuffle", [True, False])
+def test_epoch_orders_are_the_order_of_dataset_batches(shuffle):
+    cd = ClientData(_clients())
+    x, y = cd["c0"]
+    seed = 11 if shuffle else None
+    orders = epoch_orders(7, epochs=3, shuffle=shuffle, seed=seed)
+    batches = _collect(cd.dataset("c0", batch_size=3, epochs=3, shuffle=shuffle, shuffle_seed=seed))
+    assert [len(b[0]) for b in batches] == [3, 3, 1] * 3
+    np.testing.assert_array_equal(np.concatenate([b[0] for b in batches]), x[orders.ravel()])
+    np.testing.assert_array_equal(np.concatenate([b[1] for b in batches]), y[orders.ravel()])
+
+
+def test_datasets_round_seed_gives_each_client_its_client_shuffle_seed():
+    cd = ClientData(_clients())
+    got = cd.datasets(["c1", "c0"], batch_size=100, epochs=2, shuffle_seed=[5, 2])
+    for cid, ds in zip(["c1", "c0"], got, strict=True):
+        x, _ = cd[cid]
+        orders = epoch_orders(len(x), epochs=2, shuffle=True, seed=client_shuffle_seed(5, 2, cid))
+        batches = _collect(ds)
+        assert len(batches) == 2
+        for (bx, _), row in zip(batches, orders, strict=True):
+            np.testing.assert_array_equal(bx, x[row])
+
+
+def test_client_shuffle_seed():
+    assert client_shuffle_seed(7, 3, "a") == [7, 3, zlib.crc32(b"a")] == [7, 3, 3904355907]
+    assert client_shuffle_seed(0, 0, "é") == [0, 0, zlib.crc32("é".encode())]
+    seed = client_shuffle_seed(np.int64(7), np.int32(3), "a")
+    assert seed == [7, 3, 3904355907] and all(type(p) is int for p in seed)
+    assert client_shuffle_seed(7, 3, "b") != client_shuffle_seed(7, 3, "a")
+    assert client_shuffle_seed(7, 4, "a") != client_shuffle_seed(7, 3, "a")
+
+
+@pytest.mark.parametrize(
+    "n, epochs, shuffle, seed, error, match",
+    [
+        (-1, 1, True, 0, ValueError, r"`num_examples` >= 0. Received: num_examples=-1"),
+        (3, 0, True, 0, ValueError, r"`epochs` >= 1. Received: epochs=0"),
+        (3, 1.0, False, 0, TypeError, r"`epochs` to be an int"),
+        (3, 1, True, -1, ValueError, r"`seed` to be None, an int >= 0"),
+    ],
+)
+def test_epoch_orders_errors(n, epochs, shuffle, seed, error, match):
+    with pytest.raises(error, match=match):
+        epoch_orders(n, epochs=epochs, shuffle=shuffle, seed=seed)
+
+
+@pytest.mark.parametrize(
+    "args, error, match",
+    [
+        ((-1, 0, "a"), ValueError, r"`seed` >= 0. Received: seed=-1"),
+        ((None, 0, "a"), TypeError, r"`seed` to be an int"),
+        ((1, 1.5, "a"), TypeError, r"`round_num` to be an int"),
+    ],
+)
+def test_client_shuffle_seed_errors(args, error, match):
+    with pytest.raises(error, match=match):
+        client_shuffle_seed(*args)

@@ -13,7 +13,7 @@ from kerasfed import _compat
 from kerasfed._compat import FederatedUnavailableError, keras
 from kerasfed._keras_model import ModelError, ModelTypeError
 from kerasfed.federated.algorithms import AlgorithmError
-from kerasfed.federated.client_data import ClientDataError, ClientDataTypeError
+from kerasfed.federated.clients import ClientDataError, ClientDataTypeError
 from kerasfed.federated.client_optimizers import ClientOptimizerError
 from kerasfed.federated.fit import (
     FederatedArgumentError,

@@ -16,7 +16,7 @@ import pytest
 
 from kerasfed._compat import keras
 from kerasfed.federated.algorithms import ALGORITHM_NAMES
-from kerasfed.federated.client_data import ClientData, sample_clients
+from kerasfed.federated.clients import ClientData, sample_clients
 from kerasfed.federated.fit import BATCHNORM_WARNING, fit_federated
 from kerasfed.federated.partition import partition
 from kerasfed.federated.progress import quiet_tensorflow

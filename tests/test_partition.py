@@ -7,7 +7,7 @@ import warnings
 import numpy as np
 import pytest
 
-from kerasfed.federated.client_data import ClientData
+from kerasfed.federated.clients import ClientData
 from kerasfed.federated.partition import (
     SCHEMES,
     PartitionError,

@@ -20,7 +20,7 @@ import numpy as np
 
 from kerasfed._compat import keras, require_tff
 from kerasfed.federated import checkpoint as ckpt
-from kerasfed.federated.client_data import ClientData, ClientDataError, as_client_data
+from kerasfed.federated.clients import ClientData, ClientDataError, as_client_data
 from kerasfed.federated.progress import RoundProgress, quiet_tensorflow, resolve_verbose
 
 _CALLER = "fit_federated"
@@ -514,7 +514,7 @@ def _start_engine(plan: _Plan) -> tuple[Any, Any]:
 
 
 def _run_round(plan: _Plan, engine: Any, state: Any, round_num: int) -> tuple[Any, dict]:
-    from kerasfed.federated.client_data import sample_clients  # noqa: PLC0415
+    from kerasfed.federated.clients import sample_clients  # noqa: PLC0415
 
     started = time.perf_counter()
     cids = sample_clients(plan.clients.client_ids, plan.clients_per_round, round_num, plan.seed)

@@ -30,7 +30,8 @@ from typing import Any
 
 import numpy as np
 
-from kerasfed.federated.client_data import ArrayLike, ClientData, check_int
+from kerasfed.federated.clients import ClientData, check_int
+from kerasfed.federated.clients.arguments import ArrayLike
 
 SCHEMES: tuple[str, ...] = ("iid", "dirichlet", "shards", "by_key")
 

@@ -1,0 +1,302 @@
+"""The :class:`ClientData` mapping: clients' ``(x, y)`` numpy arrays.
+
+Simulation datasets fit in memory, so every input kind is materialised to numpy
+once (see :func:`as_client_data`); validation, sampling and the per-round
+``tf.data`` pipelines then work on plain arrays, reproducible from numpy seeds.
+"""
+
+from __future__ import annotations
+
+import collections.abc
+from collections.abc import Iterable, Iterator, Mapping
+
+import numpy as np
+import tensorflow as tf
+
+from kerasfed.federated.clients import validation
+from kerasfed.federated.clients.arguments import ArrayLike, Seed, check_int, check_seed
+from kerasfed.federated.clients.errors import ClientDataError, ClientDataTypeError
+from kerasfed.federated.clients.pipelines import batches_in_order, warn_seed_without_shuffle
+from kerasfed.federated.clients.sampling import epoch_orders, per_client_seed
+
+_NUMERIC_KINDS = "biuf"  # bool, signed, unsigned, float
+
+
+def _readonly_array(cid: str, what: str, value: ArrayLike) -> np.ndarray:
+    """Converts one client's features or labels to a read-only numpy array."""
+    try:
+        array = np.asarray(value)
+    except (ValueError, TypeError) as e:
+        raise ClientDataError(
+            f"Client {cid!r}: its {what} cannot be converted to one numpy array "
+            f"({e}). Every client's {what} must be one rectangular numeric array."
+        ) from None
+    if array.dtype.kind not in _NUMERIC_KINDS:
+        raise ClientDataError(
+            f"Client {cid!r}: its {what} have dtype {array.dtype}, which is not numeric. "
+            f"Expected bool, integer or float arrays; encode strings or ragged data "
+            f"as fixed-shape numbers first."
+        )
+    if array.ndim == 0:
+        raise ClientDataError(
+            f"Client {cid!r}: its {what} are a scalar; expected an array whose first "
+            f"dimension indexes the client's examples."
+        )
+    # A read-only view: the ClientData stays immutable without copying the data.
+    array = array.view()
+    array.flags.writeable = False
+    return array
+
+
+class ClientData(collections.abc.Mapping):
+    """An immutable mapping ``client_id -> (x, y)`` of numpy arrays.
+
+    Iterating yields the client ids in their given order. ``x`` and ``y`` are
+    read-only views (not copies) of the arrays passed in. Per-client structure
+    (numeric arrays, equal numbers of features and labels) is checked here;
+    properties that involve several clients or the model (equal shapes, label
+    range, finiteness, empty clients) are checked by :meth:`validate`.
+
+    Args:
+        clients: ``{client_id: (x, y)}`` with ``str`` ids and array-likes.
+            Use :func:`as_client_data` for other inputs.
+
+    Raises:
+        ClientDataTypeError: ``clients`` is not a mapping of str to pairs.
+        ClientDataError: no clients; a client's data is non-numeric, scalar, or
+            has different numbers of features and labels.
+
+    Example:
+        >>> cd = ClientData({"a": (np.zeros((3, 2)), np.array([0, 1, 1]))})
+        >>> cd.num_examples("a")
+        3
+    """
+
+    def __init__(self, clients: Mapping[str, tuple[ArrayLike, ArrayLike]]):
+        if not isinstance(clients, collections.abc.Mapping):
+            raise ClientDataTypeError(
+                f"ClientData expects a dict {{client_id: (x, y)}}. Received: "
+                f"{type(clients).__name__}. Use kerasfed.as_client_data for other inputs."
+            )
+        if not clients:
+            raise ClientDataError("There are no clients: the dict of clients is empty.")
+        data: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+        for cid, pair in clients.items():
+            if not isinstance(cid, str):
+                raise ClientDataTypeError(
+                    f"Client ids must be str. Received: {cid!r} of type "
+                    f"{type(cid).__name__}. kerasfed.as_client_data converts ids with str()."
+                )
+            if not (isinstance(pair, (tuple, list)) and len(pair) == 2):
+                raise ClientDataTypeError(
+                    f"Client {cid!r}: expected an (x, y) pair of arrays. Received: "
+                    f"{type(pair).__name__}. Use kerasfed.as_client_data for datasets "
+                    f"or dicts of arrays."
+                )
+            x = _readonly_array(cid, "features", pair[0])
+            y = _readonly_array(cid, "labels", pair[1])
+            if len(x) != len(y):
+                raise ClientDataError(
+                    f"Client {cid!r} has {len(x)} feature rows but {len(y)} labels. "
+                    f"x and y must have the same first dimension."
+                )
+            data[cid] = (x, y)
+        self._data = data
+        self._ids = list(data)
+
+    # -- Mapping -----------------------------------------------------------------
+    def __getitem__(self, cid: str) -> tuple[np.ndarray, np.ndarray]:
+        try:
+            return self._data[cid]
+        except (KeyError, TypeError):
+            shown = ", ".join(repr(c) for c in self._ids[:5])
+            more = ", ..." if len(self._ids) > 5 else ""
+            raise KeyError(
+                f"Unknown client id {cid!r}. This ClientData has {len(self._ids)} "
+                f"clients: [{shown}{more}]."
+            ) from None
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._ids)
+
+    def __len__(self) -> int:
+        return len(self._ids)
+
+    # Mapping's __eq__ compares values, which is ambiguous for numpy arrays.
+    def __eq__(self, other: object) -> bool:
+        return self is other
+
+    __hash__ = object.__hash__
+
+    def __repr__(self) -> str:
+        total = sum(len(x) for x, _ in self._data.values())
+        return (
+            f"ClientData({len(self)} clients, {total} examples, "
+            f"x: {self.feature_shape} {self.feature_dtype}, "
+            f"y: {self.label_shape} {self.label_dtype})"
+        )
+
+    # -- Structure ---------------------------------------------------------------
+    @property
+    def client_ids(self) -> list[str]:
+        """The client ids, in order (a new list)."""
+        return list(self._ids)
+
+    def num_examples(self, cid: str) -> int:
+        """The number of examples of client ``cid``."""
+        return len(self[cid][0])
+
+    @property
+    def feature_shape(self) -> tuple[int, ...]:
+        """The shape of one example's features (first client's; see :meth:`validate`)."""
+        return self._data[self._ids[0]][0].shape[1:]
+
+    @property
+    def feature_dtype(self) -> np.dtype:
+        """The features' numpy dtype (first client's)."""
+        return self._data[self._ids[0]][0].dtype
+
+    @property
+    def label_shape(self) -> tuple[int, ...]:
+        """The shape of one example's label (first client's): ``()`` for sparse labels."""
+        return self._data[self._ids[0]][1].shape[1:]
+
+    @property
+    def label_dtype(self) -> np.dtype:
+        """The labels' numpy dtype (first client's)."""
+        return self._data[self._ids[0]][1].dtype
+
+    @property
+    def element_spec(self) -> tuple[tf.TensorSpec, tf.TensorSpec]:
+        """The ``(x, y)`` spec of the batches :meth:`dataset` yields (batch dim None)."""
+        return (
+            tf.TensorSpec((None, *self.feature_shape), tf.as_dtype(self.feature_dtype)),
+            tf.TensorSpec((None, *self.label_shape), tf.as_dtype(self.label_dtype)),
+        )
+
+    # -- Pipelines ---------------------------------------------------------------
+    def dataset(
+        self,
+        cid: str,
+        *,
+        batch_size: int,
+        epochs: int = 1,
+        shuffle: bool = True,
+        shuffle_seed: Seed = None,
+    ) -> tf.data.Dataset:
+        """The client's examples as a ``tf.data.Dataset`` of ``(x, y)`` batches.
+
+        Each epoch is a fresh permutation of the client's examples cut into
+        batches of ``batch_size`` (the last one may be smaller); batches never
+        span two epochs, as in Keras ``fit`` and the FedAvg paper's local epochs.
+        The order (:func:`epoch_orders`) is drawn with numpy when the dataset
+        is built, so it is the same every time this dataset is iterated: build
+        a new dataset (with a new seed) for each round.
+
+        Args:
+            cid: The client id.
+            batch_size: Examples per batch, >= 1.
+            epochs: Local epochs, >= 1 (default 1).
+            shuffle: Whether to permute the examples in each epoch (default True).
+            shuffle_seed: Seed for ``np.random.default_rng`` (an int or a
+                sequence of ints, e.g. ``(seed, round_num)``); None (default)
+                draws a fresh one.
+
+        Returns:
+            A dataset whose element spec is :attr:`element_spec`.
+
+        Raises:
+            KeyError: unknown ``cid``.
+            ValueError, TypeError: bad ``batch_size``, ``epochs`` or ``shuffle_seed``.
+        """
+        x, y = self[cid]
+        batch_size = check_int("batch_size", batch_size, 1)
+        epochs = check_int("epochs", epochs, 1)
+        warn_seed_without_shuffle(shuffle, shuffle_seed)
+        if shuffle:  # checked here so that the error names `shuffle_seed`
+            check_seed("shuffle_seed", shuffle_seed)
+        order = epoch_orders(len(x), epochs=epochs, shuffle=shuffle, seed=shuffle_seed)
+        return batches_in_order(x, y, order, batch_size)
+
+    def datasets(
+        self,
+        cids: Iterable[str] | None = None,
+        *,
+        batch_size: int,
+        epochs: int = 1,
+        shuffle: bool = True,
+        shuffle_seed: Seed = None,
+    ) -> list[tf.data.Dataset]:
+        """:meth:`dataset` for several clients (all when ``cids`` is None).
+
+        With a ``shuffle_seed``, each client gets its own seed derived from
+        ``shuffle_seed`` and its id, so that a client's order does not depend on
+        which other clients were sampled with it.
+        """
+        cids = self._ids if cids is None else list(cids)
+        warn_seed_without_shuffle(shuffle, shuffle_seed)
+        if not shuffle:
+            shuffle_seed = None  # warned once here, not once per client
+        check_seed("shuffle_seed", shuffle_seed)
+        return [
+            self.dataset(
+                cid,
+                batch_size=batch_size,
+                epochs=epochs,
+                shuffle=shuffle,
+                shuffle_seed=per_client_seed(shuffle_seed, cid),
+            )
+            for cid in cids
+        ]
+
+    # -- Derived views -----------------------------------------------------------
+    def subset(self, cids: Iterable[str]) -> ClientData:
+        """A ClientData with only ``cids``, in that order (data not copied)."""
+        cids = list(cids)
+        if len(set(cids)) != len(cids):
+            raise ValueError(f"`cids` contains duplicates: {cids!r}.")
+        return ClientData({cid: self[cid] for cid in cids})
+
+    def label_counts(self, num_classes: int | None = None) -> np.ndarray:
+        """Examples per class for each client, to inspect how non-IID a split is.
+
+        Args:
+            num_classes: Number of classes; None (default) infers ``max label + 1``
+                (sparse labels) or the one-hot width.
+
+        Returns:
+            An int64 array of shape ``(len(self), num_classes)``, rows in
+            :attr:`client_ids` order. One-hot labels are counted by argmax.
+
+        Raises:
+            ClientDataError: labels that are not class indices or one-hot rows,
+                or out of ``[0, num_classes)``.
+        """
+        return validation.label_counts(self._data, num_classes)
+
+    # -- Checks ------------------------------------------------------------------
+    def validate(
+        self, *, num_classes: int | None = None, sparse_labels: bool | None = None
+    ) -> None:
+        """Checks that every client can be trained on; raises naming the client.
+
+        Checks, for each client: it has at least one example; its per-example
+        feature and label shapes and dtypes equal the first client's; float
+        features and labels are finite; labels fit the model (below). Non-numeric
+        data and unequal numbers of features and labels were already rejected
+        (also with ClientDataError) when the ClientData was built.
+
+        Args:
+            num_classes: The model's number of classes, or None (default) for no
+                label-range check (e.g. regression).
+            sparse_labels: True for integer class labels of shape ``(n,)`` or
+                ``(n, 1)`` (sparse categorical losses), False for one-hot / dense
+                labels of shape ``(n, num_classes)``, None (default) to infer from
+                the labels' shape when ``num_classes`` is given. For 0/1 labels
+                and one sigmoid output unit pass ``num_classes=2``.
+
+        Raises:
+            ClientDataError: the first problem found, naming the client.
+            ValueError, TypeError: bad ``num_classes`` or ``sparse_labels``.
+        """
+        validation.validate(self._data, num_classes=num_classes, sparse_labels=sparse_labels)

@@ -1,0 +1,207 @@
+"""Conversion of every accepted input kind to a :class:`ClientData`."""
+
+from __future__ import annotations
+
+import collections.abc
+import sys
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import tensorflow as tf
+
+from kerasfed.federated.clients.container import ClientData
+from kerasfed.federated.clients.errors import ClientDataError, ClientDataTypeError
+
+# Key pairs recognised in dict-shaped examples, in order of preference.
+KNOWN_KEY_PAIRS: tuple[tuple[str, str], ...] = (
+    ("x", "y"),
+    ("pixels", "label"),
+    ("image", "label"),
+    ("images", "labels"),
+    ("features", "label"),
+    ("features", "labels"),
+)
+
+# Unbatched datasets are materialised in chunks of this many examples; one
+# element at a time in eager mode would be ~100x slower.
+_MATERIALISE_CHUNK = 4096
+
+_ACCEPTED = (
+    "a dict {client_id: (x, y)} of numpy arrays (or array-likes), "
+    "a dict {client_id: tf.data.Dataset} whose elements are (x, y) or {'x': ..., 'y': ...}, "
+    "a kerasfed.ClientData, or a tff.simulation.datasets.ClientData"
+)
+
+
+def as_client_data(
+    clients: Any,
+    *,
+    feature_key: str | None = None,
+    label_key: str | None = None,
+    what: str = "clients",
+) -> ClientData:
+    """Converts clients' data to a :class:`ClientData` (materialised to numpy once).
+
+    Accepted inputs:
+
+    * a ``ClientData`` (returned as is);
+    * a dict ``{client_id: (x, y)}`` of arrays or array-likes, or
+      ``{client_id: {"x": ..., "y": ...}}``;
+    * a dict ``{client_id: tf.data.Dataset}`` whose elements are ``(x, y)`` or
+      dicts. Batched datasets are recognised by an unknown (None) leading
+      dimension in both ``x`` and ``y``, as ``.batch(b)`` makes, and their
+      batches are concatenated. A dataset batched with ``drop_remainder=True``
+      has a fixed leading dimension and would be read as single examples: call
+      ``.unbatch()`` on it first.
+    * a ``tff.simulation.datasets.ClientData`` (each client's dataset as above).
+
+    Dict-shaped examples are split with ``feature_key``/``label_key`` when
+    given, otherwise with the first of :data:`KNOWN_KEY_PAIRS` present
+    (``x``/``y``, ``pixels``/``label``, ...). Non-str client ids are converted
+    with ``str()``.
+
+    Args:
+        clients: The clients' data, as above.
+        feature_key: Key of the features in dict-shaped examples (default None).
+        label_key: Key of the labels in dict-shaped examples (default None).
+        what: The argument's name, used in error messages (default "clients").
+
+    Returns:
+        A ClientData.
+
+    Raises:
+        ClientDataTypeError: an unsupported type (the message lists the accepted ones).
+        ClientDataError: an empty dict, unknown dict keys, non-numeric or
+            ragged data; the message names the client.
+
+    Example:
+        >>> cd = as_client_data({"a": (np.zeros((2, 3)), np.array([0, 1]))})
+        >>> cd.client_ids
+        ['a']
+    """
+    if (feature_key is None) != (label_key is None):
+        raise ValueError(
+            f"Pass both `feature_key` and `label_key`, or neither. Received: "
+            f"feature_key={feature_key!r}, label_key={label_key!r}."
+        )
+    keys = None if feature_key is None else (feature_key, label_key)
+    if isinstance(clients, ClientData):
+        return clients
+    if _is_tff_client_data(clients):
+        ids = [str(c) for c in clients.client_ids]
+        if not ids:
+            raise ClientDataError(f"`{what}` has no clients: its client_ids is empty.")
+        return ClientData(
+            {
+                cid: _from_dataset(cid, clients.create_tf_dataset_for_client(cid), keys)
+                for cid in ids
+            }
+        )
+    if not isinstance(clients, collections.abc.Mapping):
+        hint = ""
+        if isinstance(clients, (tuple, list)) and len(clients) == 2:
+            hint = " To split one (x, y) dataset into clients use kerasfed.partition(x, y, num_clients)."
+        elif isinstance(clients, tf.data.Dataset):
+            hint = " A single dataset is one client: pass {'client_0': dataset}."
+        raise ClientDataTypeError(
+            f"Expected `{what}` to be {_ACCEPTED}. Received: {type(clients).__name__}.{hint}"
+        )
+    if not clients:
+        raise ClientDataError(
+            f"`{what}` is an empty dict: there are no clients. Pass at least one "
+            f"client, e.g. {{'client_0': (x, y)}}."
+        )
+    pairs: dict[str, tuple[Any, Any]] = {}
+    for key, value in clients.items():
+        cid = key.decode("utf-8") if isinstance(key, bytes) else str(key)
+        if cid in pairs:
+            raise ClientDataError(f"`{what}` has two clients whose ids are both {cid!r} as str.")
+        if isinstance(value, tf.data.Dataset):
+            pairs[cid] = _from_dataset(cid, value, keys)
+        else:
+            pairs[cid] = _pair_selector(cid, value, keys)(value)
+    return ClientData(pairs)
+
+
+def _is_tff_client_data(obj: Any) -> bool:
+    # Only an already-imported TFF can have made `obj`, so this never imports it.
+    tff = sys.modules.get("tensorflow_federated")
+    return tff is not None and isinstance(obj, tff.simulation.datasets.ClientData)
+
+
+def _pair_selector(
+    cid: str, structure: Any, keys: tuple[str, str] | None
+) -> Callable[[Any], tuple[Any, Any]]:
+    """How to get ``(x, y)`` from examples shaped like ``structure``."""
+    if isinstance(structure, (tuple, list)):
+        if len(structure) != 2:
+            raise ClientDataError(
+                f"Client {cid!r}: expected (x, y) pairs, got a {type(structure).__name__} "
+                f"of length {len(structure)}."
+            )
+        return lambda s: (s[0], s[1])
+    if isinstance(structure, collections.abc.Mapping):
+        found = list(structure)
+        candidates = [keys] if keys is not None else KNOWN_KEY_PAIRS
+        for fk, lk in candidates:
+            if fk in structure and lk in structure:
+                return lambda s: (s[fk], s[lk])
+        expected = (
+            f"keys {keys[0]!r} and {keys[1]!r} (feature_key, label_key)"
+            if keys is not None
+            else "one of the key pairs " + ", ".join(f"{a!r}/{b!r}" for a, b in KNOWN_KEY_PAIRS)
+        )
+        raise ClientDataError(
+            f"Client {cid!r}: its examples are dicts with keys {found}, but kerasfed "
+            f"needs {expected}. Pass feature_key=... and label_key=... naming the "
+            f"features and the labels."
+        )
+    raise ClientDataTypeError(
+        f"Client {cid!r}: expected (x, y), a dict with features and labels, or a "
+        f"tf.data.Dataset. Received: {type(structure).__name__}."
+    )
+
+
+def _from_dataset(
+    cid: str, ds: tf.data.Dataset, keys: tuple[str, str] | None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Materialises one client's dataset to ``(x, y)`` numpy arrays."""
+    select = _pair_selector(cid, ds.element_spec, keys)
+    x_spec, y_spec = select(ds.element_spec)
+    for what, spec in (("features", x_spec), ("labels", y_spec)):
+        if not isinstance(spec, tf.TensorSpec):
+            raise ClientDataError(
+                f"Client {cid!r}: its dataset's {what} are {type(spec).__name__} "
+                f"({spec}); kerasfed needs one dense tensor each for features and labels."
+            )
+    batched = (
+        x_spec.shape.rank is not None
+        and y_spec.shape.rank is not None
+        and x_spec.shape.rank >= 1
+        and y_spec.shape.rank >= 1
+        and x_spec.shape[0] is None
+        and y_spec.shape[0] is None
+    )
+    if not batched:
+        ds = ds.batch(_MATERIALISE_CHUNK)
+    xs, ys = [], []
+    try:
+        for element in ds.as_numpy_iterator():
+            x, y = select(element)
+            xs.append(x)
+            ys.append(y)
+        if not xs:  # an empty client: keep its declared shape for validate()
+            inner = 1 if batched else 0
+
+            def empty(spec: tf.TensorSpec) -> np.ndarray:
+                dims = [d or 0 for d in spec.shape.as_list()[inner:]] if spec.shape.rank else []
+                return np.zeros([0, *dims], spec.dtype.as_numpy_dtype)
+
+            return empty(x_spec), empty(y_spec)
+        return np.concatenate(xs), np.concatenate(ys)
+    except (tf.errors.InvalidArgumentError, ValueError) as e:
+        raise ClientDataError(
+            f"Client {cid!r}: its dataset's examples do not have one fixed shape "
+            f"({type(e).__name__}: {str(e).splitlines()[0]}). Pad or resize them first."
+        ) from None

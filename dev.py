@@ -6,14 +6,19 @@ fresh machine with only python3 and pip needs nothing else:
 
   .tools/     a tiny virtualenv holding the pinned `uv` resolver/installer
   .venv/        TF 2.14.1 + TensorFlow Federated 0.87 (the default environment)
-  .venv-latest/ the newest TensorFlow (2.21, Keras 3), for the data-parallel half
+  .venv-latest/ the newest TensorFlow (2.21, Keras 3): the data-parallel half and
+                the native federated engine
+  .venv-peers/  TF 2.21 + Apple pfl-research + Flower, only for benchmarks
+                (`python3 dev.py env peers`; never part of kerasfed's install)
 
 `uv sync --frozen` installs exactly what uv.lock pins and is a no-op when the
 environment is already in sync. The lock carries an override of TFF's jax/jaxlib
 pin (see pyproject.toml [tool.uv]), which is why plain pip cannot install TFF.
 
-Other commands: `python3 dev.py bench NAME [args]` runs benchmarks/NAME.py,
-`python3 dev.py env [default|latest]` only prepares an environment.
+Other commands: `python3 dev.py bench [--env ENV] NAME [args]` runs benchmarks/NAME.py
+in environment ENV (default: default; a benchmark may start contestants in other
+environments itself, e.g. federated_round), `python3 dev.py env [default|latest|peers]`
+only prepares environments.
 """
 
 from __future__ import annotations
@@ -31,6 +36,8 @@ ENVIRONMENTS = {
     # name: (folder, extras)
     "default": (ROOT / ".venv", ["federated", "dev"]),
     "latest": (ROOT / ".venv-latest", ["latest", "dev"]),
+    # Other frameworks for benchmarks/federated_round.py only (pfl-research, Flower).
+    "peers": (ROOT / ".venv-peers", ["peers"]),
 }
 
 
@@ -77,26 +84,39 @@ def demo(args: list[str]) -> int:
 
 
 def test(args: list[str]) -> int:
-    """The whole suite in the default environment, then the data-parallel tests on the newest TF."""
+    """The whole suite in the default environment, then the data-parallel and
+    native-engine federated tests on the newest TF."""
     python = ensure_env("default")
     code = _run([python, "-m", "pytest", *args], cwd=ROOT, env=_quiet_env())
     latest = ensure_env("latest")
     code_latest = _run(
-        [latest, "-m", "pytest", "-m", "distributed", *args], cwd=ROOT, env=_quiet_env()
+        [latest, "-m", "pytest", "-m", "distributed or native", *args], cwd=ROOT, env=_quiet_env()
     )
     print(
         f"dev.py test: default environment (TF 2.14 + TFF) exit {code}; "
-        f"newest TensorFlow (data-parallel tests) exit {code_latest}",
+        f"newest TensorFlow (data-parallel and native-engine tests) exit {code_latest}",
         flush=True,
     )
     return code or code_latest
 
 
 def bench(args: list[str]) -> int:
-    if not args:
-        names = sorted(p.stem for p in (ROOT / "benchmarks").glob("*.py"))
-        sys.exit(f"usage: python3 dev.py bench NAME [args]; NAME is one of {names}")
-    python = ensure_env("default")
+    """Runs benchmarks/NAME.py in one environment (`--env`, default "default")."""
+    env_name = "default"
+    if args and args[0].startswith("--env"):
+        if "=" in args[0]:
+            env_name, args = args[0].split("=", 1)[1], args[1:]
+        elif len(args) > 1:
+            env_name, args = args[1], args[2:]
+        else:
+            args = []
+    names = sorted(p.stem for p in (ROOT / "benchmarks").glob("*.py"))
+    if not args or args[0] not in names or env_name not in ENVIRONMENTS:
+        sys.exit(
+            f"usage: python3 dev.py bench [--env ENV] NAME [args]; NAME is one of {names}, "
+            f"ENV one of {sorted(ENVIRONMENTS)} (default: default)"
+        )
+    python = ensure_env(env_name)
     script = ROOT / "benchmarks" / f"{args[0]}.py"
     return _run([python, script, *args[1:]], cwd=ROOT, env=_quiet_env())
 

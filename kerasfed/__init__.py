@@ -6,8 +6,9 @@ trained ``.model`` out):
 - ``fit_distributed``: synchronous data-parallel training under ``tf.distribute``
   (MirroredStrategy on one host, MultiWorkerMirroredStrategy across processes
   and hosts configured by ``TF_CONFIG``; see ``kerasfed launch``).
-- ``fit_federated``: federated-learning simulation on TensorFlow Federated
-  (FedAvg and its family over many simulated clients).
+- ``fit_federated``: federated-learning simulation (FedAvg and its family over
+  many simulated clients), on TensorFlow Federated or on kerasfed's native
+  in-process engine.
 
 Names are imported lazily: ``import kerasfed`` does not import TensorFlow, so the
 ``kerasfed launch`` command starts in a fraction of a second.
@@ -50,9 +51,24 @@ _EXPORTS = {
     "ServerYogi": "kerasfed.federated.server_optimizers",
     "ServerAdagrad": "kerasfed.federated.server_optimizers",
     "FederatedUnavailableError": "kerasfed._compat",
+    "ENGINE_NAMES": "kerasfed.federated.engines",
+    "EngineError": "kerasfed.federated.engines",
+    "EngineTypeError": "kerasfed.federated.engines",
+    "FederatedArgumentError": "kerasfed.federated.arguments",
+    "FederatedArgumentTypeError": "kerasfed.federated.arguments",
+    "AlgorithmError": "kerasfed.federated.algorithms",
+    "AlgorithmTypeError": "kerasfed.federated.algorithms",
+    "ServerOptimizerError": "kerasfed.federated.server_optimizers",
+    "ServerOptimizerTypeError": "kerasfed.federated.server_optimizers",
+    "ClientOptimizerError": "kerasfed.federated.client_optimizers",
+    "ClientOptimizerTypeError": "kerasfed.federated.client_optimizers",
+    "CheckpointError": "kerasfed.federated.checkpoint",
+    "CheckpointMismatchError": "kerasfed.federated.checkpoint",
     # Shared.
     "ModelError": "kerasfed._keras_model",
     "ModelTypeError": "kerasfed._keras_model",
+    "VerboseError": "kerasfed._arguments",
+    "CallbacksTypeError": "kerasfed._arguments",
 }
 
 __all__ = sorted(["__version__", *_EXPORTS])

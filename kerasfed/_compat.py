@@ -1,8 +1,8 @@
 """Which TensorFlow / Keras this process runs, and what that allows.
 
-kerasfed's data-parallel half works with TF 2.14 (Keras 2) and the newest TF
-(Keras 3); the federated half needs TensorFlow Federated 0.87, which only installs
-beside TF 2.14. This module is the one place that knows the difference.
+kerasfed works with TF 2.14 (Keras 2) and the newest TF (Keras 3); only
+``fit_federated``'s TFF engine needs TensorFlow Federated 0.87, which only
+installs beside TF 2.14. This module is the one place that knows the difference.
 """
 
 from __future__ import annotations
@@ -17,14 +17,20 @@ TF_VERSION: tuple[int, int] = tuple(int(p) for p in tf.__version__.split(".")[:2
 KERAS_3: bool = keras.__version__.startswith("3.") if hasattr(keras, "__version__") else False
 
 FEDERATED_ENV_HINT = (
-    "fit_federated needs TensorFlow Federated 0.87, which only installs beside "
-    "TensorFlow 2.14 (Keras 2). Use kerasfed's default environment: "
-    "`python3 dev.py demo` creates it in .venv (or `uv sync --extra federated`)."
+    "The TFF engine needs TensorFlow Federated 0.87, which only installs beside "
+    "TensorFlow 2.14 (Keras 2): kerasfed's default environment, which "
+    "`python3 dev.py demo` creates in .venv (or `uv sync --extra federated`). "
+    "engine='native' runs everywhere."
 )
 
 
 class FederatedUnavailableError(ImportError):
-    """Raised when the federated half is used where TFF cannot be imported."""
+    """Raised when the TFF engine is asked for where TFF cannot be imported."""
+
+
+def tff_available() -> bool:
+    """Whether TensorFlow Federated can be used here (installed, beside TF 2.14)."""
+    return TF_VERSION == (2, 14) and importlib.util.find_spec("tensorflow_federated") is not None
 
 
 def require_tff():

@@ -95,13 +95,33 @@ class ModelRecipe:
     compile_args: dict = dataclasses.field(repr=False)
 
     @classmethod
-    def from_model(cls, model: "keras.Model", *, caller: str) -> "ModelRecipe":
+    def from_model(cls, model: "keras.Model", *, caller: str, rebuild: bool = True) -> "ModelRecipe":
         """Captures ``model``'s architecture, weights and compile settings.
 
+        Args:
+          model: A compiled Keras model.
+          caller: Name of the public function, for error messages.
+          rebuild: Whether the recipe must be able to rebuild the model (checked by
+            rebuilding it once). With False, a model without a usable config (a
+            subclassed model) gives a recipe with an empty ``config`` whose
+            ``build`` raises.
+
         Raises:
-          ModelError: The model's architecture cannot be serialized (a subclassed
-            model without ``get_config``/``from_config``).
+          ModelError: ``rebuild`` and the model's architecture cannot be serialized (a
+            subclassed model without ``get_config``/``from_config``).
         """
+        if not rebuild:
+            try:
+                config = model.get_config()
+            except NotImplementedError:
+                config = {}
+            return cls(
+                model_class=model.__class__,
+                config=config,
+                weights=tuple(np.array(w) for w in model.get_weights()),
+                compile_config=model.get_compile_config() or {},
+                compile_args=_live_compile_args(model),
+            )
         try:
             config = model.get_config()
             # Rebuilding is the only reliable check that the config is complete.

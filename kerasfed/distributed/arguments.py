@@ -6,6 +6,7 @@ import inspect
 import os
 from typing import Any
 
+from kerasfed import _arguments as shared
 from kerasfed._compat import KERAS_3, keras
 
 
@@ -59,33 +60,26 @@ def check_batch_size(batch_size: Any) -> None:
 
 
 def check_verbose(verbose: Any) -> None:
-    if verbose not in ("auto", 0, 1, 2) or isinstance(verbose, bool):
-        raise FitArgumentError(
-            f'Expected `verbose` to be "auto", 0, 1 or 2. Received: verbose={verbose!r}.'
-        )
+    # The rule is shared with fit_federated; the error class is this call's.
+    try:
+        shared.check_verbose(verbose, caller="fit_distributed")
+    except shared.VerboseError as e:
+        raise FitArgumentError(str(e)) from None
 
 
 def check_callbacks(callbacks: Any, backup_dir: Any) -> list:
     """Returns the callbacks as a new list."""
-    if callbacks is None:
-        callbacks = []
-    if isinstance(callbacks, keras.callbacks.Callback) or not isinstance(callbacks, (list, tuple)):
-        raise FitArgumentError(
-            f"Expected `callbacks` to be a list of keras.callbacks.Callback. Received: "
-            f"{type(callbacks).__name__}. Wrap a single callback in a list: callbacks=[cb]."
-        )
+    try:
+        callbacks = shared.check_callbacks(callbacks, caller="fit_distributed")
+    except shared.CallbacksTypeError as e:
+        raise FitArgumentError(str(e)) from None
     for i, callback in enumerate(callbacks):
-        if not isinstance(callback, keras.callbacks.Callback):
-            raise FitArgumentError(
-                f"Expected `callbacks` to hold keras.callbacks.Callback objects. "
-                f"callbacks[{i}] is {callback!r:.60} of type {type(callback).__name__}."
-            )
         if backup_dir is not None and isinstance(callback, keras.callbacks.BackupAndRestore):
             raise FitArgumentError(
                 "`backup_dir` adds a BackupAndRestore callback, and `callbacks` already "
                 f"holds one (callbacks[{i}]). Use one of the two."
             )
-    return list(callbacks)
+    return callbacks
 
 
 def check_path(value: Any, name: str) -> None:

@@ -1,9 +1,9 @@
 """Resumable federated training: the server state after each round, on disk.
 
 One file, ``<checkpoint_dir>/kerasfed_federated.npz``, holds everything a resumed
-run needs: TFF's whole server state (global weights, server optimizer and
-aggregator state) flattened to numpy arrays, the global weights again in Keras
-``get_weights()`` order (loadable without TFF), the number of completed rounds,
+run needs: the engine-neutral server state (the global weights in Keras
+``get_weights()`` order, the server optimizer's state slots and the algorithm's
+own, named as TFF names them, so either engine resumes it), the number of completed rounds,
 the seed that drew the clients and shuffles, the logs of every completed round,
 and a fingerprint of the training configuration. It is rewritten after every round
 through a temporary file and ``os.replace``, so a crash at any moment leaves
@@ -28,9 +28,10 @@ from typing import Any
 import numpy as np
 
 from kerasfed._compat import keras
+from kerasfed.federated.engines.base import NeutralState
 
 CHECKPOINT_FILE = "kerasfed_federated.npz"
-_FORMAT = 1
+_FORMAT = 2  # 1: TFF's flattened state (before the engine seam)
 _META = "meta"
 
 
@@ -51,16 +52,14 @@ class Checkpoint:
       seed: The seed of client sampling and shuffling.
       fingerprint: ``{component: description}`` of the training configuration.
       round_logs: The logs of each completed round, in order.
-      state: TFF's server state, flattened (``FederatedEngine.state_to_arrays``).
-      weights: The global model weights in Keras ``get_weights()`` order.
+      state: The server state (``NeutralState``): weights, optimizer, algorithm.
     """
 
     rounds_completed: int
     seed: int
     fingerprint: dict[str, str]
     round_logs: list[dict[str, float]]
-    state: list[np.ndarray]
-    weights: list[np.ndarray]
+    state: NeutralState
 
 
 def checkpoint_path(directory: str | os.PathLike) -> str:
@@ -78,12 +77,15 @@ def save_checkpoint(directory: str | os.PathLike, checkpoint: Checkpoint) -> Non
         "seed": checkpoint.seed,
         "fingerprint": checkpoint.fingerprint,
         "round_logs": checkpoint.round_logs,
-        "num_state": len(checkpoint.state),
-        "num_weights": len(checkpoint.weights),
+        "num_weights": len(checkpoint.state.weights),
+        "optimizer": {k: len(v) for k, v in checkpoint.state.optimizer.items()},
+        "algorithm": {k: len(v) for k, v in checkpoint.state.algorithm.items()},
     }
     arrays = {_META: np.array(json.dumps(meta))}
-    arrays.update({f"state_{i:05d}": np.asarray(a) for i, a in enumerate(checkpoint.state)})
-    arrays.update({f"weights_{i:05d}": np.asarray(a) for i, a in enumerate(checkpoint.weights)})
+    arrays.update({f"weights_{i:05d}": np.asarray(a) for i, a in enumerate(checkpoint.state.weights)})
+    for group in ("optimizer", "algorithm"):
+        for slot, values in getattr(checkpoint.state, group).items():
+            arrays.update({f"{group}/{slot}/{i:05d}": np.asarray(a) for i, a in enumerate(values)})
     fd, tmp = tempfile.mkstemp(prefix=".kerasfed-", suffix=".tmp", dir=directory)
     try:
         with os.fdopen(fd, "wb") as f:
@@ -112,15 +114,20 @@ def load_checkpoint(directory: str | os.PathLike) -> Checkpoint | None:
             meta = json.loads(str(data[_META]))
             if meta.get("format") != _FORMAT:
                 raise ValueError(f"unknown format {meta.get('format')!r}")
-            state = [data[f"state_{i:05d}"] for i in range(meta["num_state"])]
             weights = [data[f"weights_{i:05d}"] for i in range(meta["num_weights"])]
+            groups = {
+                group: {
+                    slot: [data[f"{group}/{slot}/{i:05d}"] for i in range(count)]
+                    for slot, count in meta[group].items()
+                }
+                for group in ("optimizer", "algorithm")
+            }
         return Checkpoint(
             rounds_completed=int(meta["rounds_completed"]),
             seed=int(meta["seed"]),
             fingerprint={str(k): str(v) for k, v in meta["fingerprint"].items()},
             round_logs=[dict(logs) for logs in meta["round_logs"]],
-            state=state,
-            weights=weights,
+            state=NeutralState(weights=weights, **groups),
         )
     except Exception as e:  # zip, json and key errors all mean "not readable"
         raise CheckpointError(
@@ -205,11 +212,13 @@ def training_fingerprint(
     clients_per_round: int | None,
     local_epochs: int,
     batch_size: int,
+    shuffle: bool = True,
 ) -> dict[str, str]:
     """``{component: description}`` of everything that decides a training's rounds.
 
     Evaluation settings and the number of rounds are left out: changing them does
-    not change the rounds already run. The model's initial weights are left out
+    not change the rounds already run, nor does the engine (a run may resume on
+    the other one). The model's initial weights are left out
     too: a resumed program may initialise its model differently, and the
     checkpoint's weights replace them.
     """
@@ -229,6 +238,7 @@ def training_fingerprint(
         "clients_per_round": repr(clients_per_round),
         "local_epochs": repr(local_epochs),
         "batch_size": repr(batch_size),
+        "shuffle": repr(shuffle),
     }
 
 
@@ -241,7 +251,7 @@ def _describe_model(model: keras.Model) -> str:
         # described one by one instead.
         config = {} if isinstance(layer, keras.Model) else layer.get_config()
         config = {k: v for k, v in config.items() if k != "name"}
-        shapes = [(tuple(w.shape), w.dtype.name) for w in layer.weights]
+        shapes = [(tuple(w.shape), str(getattr(w.dtype, "name", w.dtype))) for w in layer.weights]
         parts.append([type(layer).__name__, config, shapes])
     digest = hashlib.sha256(describe(parts).encode()).hexdigest()[:16]
     return (

@@ -1,19 +1,18 @@
-"""The compiled Keras optimizer as a TFF client optimizer with the same update rule.
+"""The compiled Keras optimizer as an engine-neutral client update rule.
 
-Since TFF 0.87, ``tff.learning`` takes only its own functional optimizers
-(``tff.learning.optimizers.Optimizer``), so the optimizer given to
-``model.compile()`` is translated here, hyper-parameter for hyper-parameter:
+The optimizer given to ``model.compile()`` is read hyper-parameter for
+hyper-parameter into a ``ClientOptimizerSpec``; each engine builds the same rule
+from it (the TFF engine as ``tff.learning.optimizers``, since TFF 0.87 takes no
+Keras optimizers; the native engine as pure tensor functions):
 
-* ``SGD(momentum, nesterov=False)``  -> ``build_sgdm(learning_rate, momentum)``
-* ``SGD(momentum > 0, nesterov=True)`` -> ``NesterovSGD`` (kerasfed's; TFF has
-  no Nesterov momentum)
-* ``Adam(beta_1, beta_2, epsilon)``  -> ``build_adam`` (the same bias-corrected rule)
-* ``Adam(weight_decay=w)`` and ``AdamW(weight_decay=w)`` -> ``build_adamw`` (Keras
-  decays decoupled, ``w -= lr * wd * w``, exactly like TFF's AdamW)
-* ``Adagrad(initial_accumulator_value, epsilon)`` -> ``build_adagrad``
-* ``RMSprop(rho, momentum, epsilon, centered)`` -> ``KerasRMSprop`` (kerasfed's;
-  TFF's ``build_rmsprop`` puts ``epsilon`` outside the square root and has no
-  ``momentum`` or ``centered``)
+* ``SGD(momentum, nesterov=False)``: heavy-ball momentum (TFF ``build_sgdm``)
+* ``SGD(momentum > 0, nesterov=True)``: Nesterov momentum (TFF has none: kerasfed's)
+* ``Adam(beta_1, beta_2, epsilon)``: the bias-corrected rule (TFF ``build_adam``)
+* ``Adam(weight_decay=w)`` and ``AdamW(weight_decay=w)``: decoupled decay,
+  ``w -= lr * wd * w`` (TFF ``build_adamw``)
+* ``Adagrad(initial_accumulator_value, epsilon)``: ``g / sqrt(v + epsilon)``
+* ``RMSprop(rho, momentum, epsilon, centered)``: as Keras computes it (TFF's
+  ``build_rmsprop`` puts ``epsilon`` outside the square root: kerasfed's)
 
 Every hyper-parameter, ``epsilon`` included, is passed explicitly, so neither
 library's defaults decide it. The legacy ``keras.optimizers.legacy`` SGD, Adam
@@ -34,6 +33,7 @@ client's local training (except in Mime-lite, whose server keeps a global state)
 
 from __future__ import annotations
 
+import dataclasses
 import numbers
 from typing import Any
 
@@ -58,6 +58,8 @@ _UNSUPPORTED_SETTINGS = {
     "global_clipnorm": (None, "clip in the model's loss or use an aggregator with clipping"),
     "use_ema": (False, "evaluate the federated model itself"),
     "decay": (0.0, "compile with a constant learning rate"),  # legacy optimizers only
+    "loss_scale_factor": (None, "compile without loss scaling"),  # Keras 3
+    "gradient_accumulation_steps": (None, "use larger client batches"),  # Keras 3
 }
 
 
@@ -69,7 +71,9 @@ class ClientOptimizerTypeError(TypeError):
     """The optimizer config is not a ``{"class_name": ..., "config": ...}`` dict."""
 
 
-def client_optimizer_from_keras(optimizer_config: dict, *, caller: str = "fit_federated") -> Any:
+def client_optimizer_from_keras(
+    optimizer_config: dict, *, caller: str = "fit_federated"
+) -> ClientOptimizerSpec:
     """Returns the TFF optimizer with the update rule of a compiled Keras optimizer.
 
     Args:
@@ -78,7 +82,7 @@ def client_optimizer_from_keras(optimizer_config: dict, *, caller: str = "fit_fe
       caller: Name of the public function, for error messages.
 
     Returns:
-      A ``tff.learning.optimizers.Optimizer``.
+      A ``ClientOptimizerSpec``; each engine builds its own optimizer from it.
 
     Raises:
       ClientOptimizerTypeError: ``optimizer_config`` is not such a dict.
@@ -174,53 +178,58 @@ def _learning_rate(class_name: str, config: dict, caller: str) -> float:
     return float(lr)
 
 
-def _tff():
-    from kerasfed._compat import require_tff  # noqa: PLC0415  (TFF is heavy: load on use)
+@dataclasses.dataclass(frozen=True)
+class ClientOptimizerSpec:
+    """An engine-neutral client update rule, read from the compiled Keras optimizer.
 
-    return require_tff()
+    Attributes:
+      kind: ``"sgd"``, ``"adam"``, ``"adamw"``, ``"adagrad"`` or ``"rmsprop"``.
+      learning_rate: The constant learning rate.
+      params: The rule's other hyper-parameters, as floats/bools, every one explicit
+        (``momentum``, ``nesterov``; ``beta_1``, ``beta_2``, ``epsilon``,
+        ``weight_decay``; ``initial_accumulator_value``; ``rho``, ``centered``).
+    """
+
+    kind: str
+    learning_rate: float
+    params: dict = dataclasses.field(default_factory=dict)
 
 
-def _sgd(lr: float, config: dict) -> Any:
+def _sgd(lr: float, config: dict) -> ClientOptimizerSpec:
+    # Keras SGD with nesterov and momentum 0 is plain SGD.
     momentum = float(config.get("momentum", 0.0))
-    if config.get("nesterov") and momentum > 0:
-        _tff()  # a clear error where TFF is missing, before the module below imports it
-        from kerasfed.federated._keras_rules import NesterovSGD  # noqa: PLC0415
-
-        return NesterovSGD(lr, momentum)
-    # Keras SGD with nesterov and momentum 0 is plain SGD, as is TFF's without momentum.
-    return _tff().learning.optimizers.build_sgdm(lr, momentum=momentum or None)
-
-
-def _adam(lr: float, config: dict) -> Any:
-    optimizers = _tff().learning.optimizers
-    args = dict(beta_1=float(config["beta_1"]), beta_2=float(config["beta_2"]))
-    # Pass epsilon explicitly: TFF's and Keras's defaults must not decide it.
-    args["epsilon"] = float(config["epsilon"])
-    weight_decay = config.get("weight_decay")
-    if weight_decay:  # Keras Adam(weight_decay=w) is exactly AdamW(weight_decay=w)
-        return optimizers.build_adamw(lr, weight_decay=float(weight_decay), **args)
-    return optimizers.build_adam(lr, **args)
-
-
-def _adagrad(lr: float, config: dict) -> Any:
-    return _tff().learning.optimizers.build_adagrad(
-        lr,
-        initial_preconditioner_value=float(config["initial_accumulator_value"]),
-        epsilon=float(config["epsilon"]),
+    return ClientOptimizerSpec(
+        "sgd", lr, {"momentum": momentum, "nesterov": bool(config.get("nesterov")) and momentum > 0}
     )
 
 
-def _rmsprop(lr: float, config: dict) -> Any:
-    _tff()  # a clear error where TFF is missing, before the module below imports it
-    from kerasfed.federated._keras_rules import KerasRMSprop  # noqa: PLC0415
+def _adam(lr: float, config: dict) -> ClientOptimizerSpec:
+    # Keras Adam(weight_decay=w) is exactly AdamW(weight_decay=w). Every value is
+    # explicit: neither library's defaults may decide it.
+    weight_decay = float(config.get("weight_decay") or 0.0)
+    params = {
+        "beta_1": float(config["beta_1"]),
+        "beta_2": float(config["beta_2"]),
+        "epsilon": float(config["epsilon"]),
+        "weight_decay": weight_decay,
+    }
+    return ClientOptimizerSpec("adamw" if weight_decay else "adam", lr, params)
 
-    return KerasRMSprop(
-        lr,
-        rho=float(config["rho"]),
-        momentum=float(config.get("momentum", 0.0)),
-        epsilon=float(config["epsilon"]),
-        centered=bool(config.get("centered", False)),
-    )
+
+def _adagrad(lr: float, config: dict) -> ClientOptimizerSpec:
+    return ClientOptimizerSpec("adagrad", lr, {
+        "initial_accumulator_value": float(config["initial_accumulator_value"]),
+        "epsilon": float(config["epsilon"]),
+    })
+
+
+def _rmsprop(lr: float, config: dict) -> ClientOptimizerSpec:
+    return ClientOptimizerSpec("rmsprop", lr, {
+        "rho": float(config["rho"]),
+        "momentum": float(config.get("momentum", 0.0)),
+        "epsilon": float(config["epsilon"]),
+        "centered": bool(config.get("centered", False)),
+    })
 
 
 _BUILDERS = {"SGD": _sgd, "Adam": _adam, "AdamW": _adam, "Adagrad": _adagrad, "RMSprop": _rmsprop}

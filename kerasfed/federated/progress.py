@@ -30,29 +30,15 @@ from typing import Any
 
 from kerasfed._compat import keras
 
-VERBOSE_CHOICES = ("auto", 0, 1, 2)
 # Counters that are not model quality; shown in the line only as the round's time.
 _NOT_SHOWN = ("num_examples", "round_seconds", "bytes_to_clients", "bytes_from_clients")
 
 
-class VerboseError(ValueError):
-    """``verbose`` is not one of ``"auto"``, 0, 1, 2."""
-
-
-def resolve_verbose(verbose: Any) -> int:
-    """Returns 0, 1 or 2 for a ``verbose`` argument.
-
-    Raises:
-      VerboseError: Not one of ``"auto"``, 0, 1, 2.
-    """
-    if verbose == "auto" and isinstance(verbose, str):
+def resolve_verbose(verbose: int | str) -> int:
+    """0, 1 or 2 for a checked ``verbose`` (``_arguments.check_verbose``): ``"auto"``
+    is 1 in a terminal or notebook, else 2."""
+    if verbose == "auto":
         return 1 if _interactive() else 2
-    if isinstance(verbose, bool) or verbose not in (0, 1, 2):
-        raise VerboseError(
-            f"Expected `verbose` to be one of {list(VERBOSE_CHOICES)}. Received: "
-            f"verbose={verbose!r}. Use 0 (silent), 1 (progress bar), 2 (one line per "
-            f"round) or 'auto'."
-        )
     return int(verbose)
 
 
@@ -121,6 +107,11 @@ class RoundProgress(keras.callbacks.Callback):
 
     def on_train_end(self, logs: dict | None = None) -> None:
         self.close()
+
+    def note(self, text: str) -> None:
+        """Prints one line before the rounds (e.g. how the engine runs them), unless silent."""
+        if self._verbose:
+            print(text, flush=True)
 
     def close(self) -> None:
         """Closes the bar (idempotent; also called when training raises)."""

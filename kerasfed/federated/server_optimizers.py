@@ -13,8 +13,8 @@ Each round the server receives the (weighted) mean client model delta
   ``ServerAdagrad``: FedAdam, FedYogi, FedAdagrad of Reddi et al. Defaults follow
   the paper (``beta_1=0.9``, ``beta_2=0.99``, adaptivity ``tau=1e-3``).
 
-kerasfed builds these with ``tff.learning.optimizers``, so TFF's conventions
-apply, which differ from Reddi et al.'s Algorithm 2 in two places:
+Both engines compute these as ``tff.learning.optimizers`` does, so TFF's
+conventions apply, which differ from Reddi et al.'s Algorithm 2 in two places:
 
 * Adam and Yogi use Adam's bias correction, ``lr_t = lr * sqrt(1 - beta_2**t) /
   (1 - beta_1**t)``; the paper has none. With the default betas, ``lr_1 == lr``.
@@ -23,8 +23,8 @@ apply, which differ from Reddi et al.'s Algorithm 2 in two places:
   role of ``tau=1e-3``.
 
 Example:
-  >>> get_server_optimizer("adam", learning_rate=0.01)  # doctest: +SKIP
-  >>> get_server_optimizer(ServerSGD(momentum=0.9), learning_rate=1.0)  # doctest: +SKIP
+  >>> resolve_server_optimizer("adam")
+  ServerAdam(beta_1=0.9, beta_2=0.99, epsilon=0.001)
 """
 
 from __future__ import annotations
@@ -45,13 +45,9 @@ class ServerOptimizerTypeError(TypeError):
 
 
 class ServerOptimizer(abc.ABC):
-    """A server optimizer: a name, its hyper-parameters, and a TFF builder."""
+    """A server optimizer: a name and its hyper-parameters (each engine builds the rule)."""
 
     name: ClassVar[str]
-
-    @abc.abstractmethod
-    def build(self, learning_rate: float) -> Any:
-        """Returns the ``tff.learning.optimizers.Optimizer`` with this learning rate."""
 
     def __post_init__(self) -> None:
         for field in dataclasses.fields(self):  # type: ignore[arg-type]
@@ -82,10 +78,6 @@ class ServerOptimizer(abc.ABC):
             self._require(field, 0.0 <= getattr(self, field) < 1.0, "in [0, 1)")
 
 
-def _optimizers():
-    from kerasfed._compat import require_tff  # noqa: PLC0415  (TFF is heavy: load on use)
-
-    return require_tff().learning.optimizers
 
 
 @dataclasses.dataclass(frozen=True)
@@ -105,8 +97,6 @@ class ServerSGD(ServerOptimizer):
     def _validate(self) -> None:
         self._require("momentum", 0.0 <= self.momentum < 1.0, "in [0, 1)")
 
-    def build(self, learning_rate: float) -> Any:
-        return _optimizers().build_sgdm(learning_rate, momentum=self.momentum or None)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -133,10 +123,6 @@ class ServerAdam(ServerOptimizer):
         self._check_betas()
         self._require("epsilon", self.epsilon > 0.0, "> 0")
 
-    def build(self, learning_rate: float) -> Any:
-        return _optimizers().build_adam(
-            learning_rate, beta_1=self.beta_1, beta_2=self.beta_2, epsilon=self.epsilon
-        )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -165,14 +151,6 @@ class ServerYogi(ServerOptimizer):
         self._require("epsilon", self.epsilon > 0.0, "> 0")
         self._require("initial_accumulator_value", self.initial_accumulator_value >= 0.0, ">= 0")
 
-    def build(self, learning_rate: float) -> Any:
-        return _optimizers().build_yogi(
-            learning_rate,
-            beta_1=self.beta_1,
-            beta_2=self.beta_2,
-            epsilon=self.epsilon,
-            initial_preconditioner_value=self.initial_accumulator_value,
-        )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -203,12 +181,6 @@ class ServerAdagrad(ServerOptimizer):
                 "Keep the default epsilon=1e-6."
             )
 
-    def build(self, learning_rate: float) -> Any:
-        return _optimizers().build_adagrad(
-            learning_rate,
-            initial_preconditioner_value=self.initial_accumulator_value,
-            epsilon=self.epsilon,
-        )
 
 
 _REGISTRY: dict[str, type[ServerOptimizer]] = {
@@ -263,22 +235,3 @@ def check_server_learning_rate(learning_rate: Any) -> float:
             f"adaptive server optimizers typically 1e-3 to 1e-1."
         )
     return float(learning_rate)
-
-
-def get_server_optimizer(spec: ServerOptimizerLike, learning_rate: float) -> Any:
-    """Returns the TFF optimizer that applies the averaged client update.
-
-    Args:
-      spec: ``"sgd"``, ``"adam"``, ``"yogi"``, ``"adagrad"`` (case-insensitive,
-        default hyper-parameters) or a ``ServerOptimizer`` instance.
-      learning_rate: Server learning rate, a positive float.
-
-    Returns:
-      A ``tff.learning.optimizers.Optimizer``.
-
-    Raises:
-      ServerOptimizerError: Unknown name, or a non-positive learning rate.
-      ServerOptimizerTypeError: ``spec`` or ``learning_rate`` has the wrong type.
-    """
-    optimizer = resolve_server_optimizer(spec)
-    return optimizer.build(check_server_learning_rate(learning_rate))

@@ -8,10 +8,10 @@ it received), which limits client drift on heterogeneous data; aggregation is
 FedAvg's. ``mu=0`` is exactly FedAvg. Li et al. tune ``mu`` in
 {0.001, 0.01, 0.1, 1}.
 
-kerasfed does *not* use ``tff.learning.algorithms.build_weighted_fed_prox``: in
-TFF 0.87 its proximal term has the wrong sign (see ``_proximal``). It builds
-TFF's FedAvg with the client optimizer wrapped so that each gradient gains
-``mu * (w - w_t)``.
+Each client gradient gains ``mu * (w - w_t)``. The TFF engine does *not* use
+``tff.learning.algorithms.build_weighted_fed_prox``: in TFF 0.87 its proximal
+term has the wrong sign (see ``engines/tff/proximal.py``); it builds TFF's FedAvg
+with the client optimizer wrapped to add the term.
 """
 
 from __future__ import annotations
@@ -20,17 +20,8 @@ import dataclasses
 import math
 import numbers
 import warnings
-from typing import Any, Optional
 
-from kerasfed.federated.algorithms._base import (
-    Algorithm,
-    AlgorithmError,
-    AlgorithmTypeError,
-    ModelFn,
-    Weighting,
-    check_bool,
-)
-from kerasfed.federated.algorithms.fedavg import FedAvg
+from kerasfed.federated.algorithms._base import Algorithm, AlgorithmError, AlgorithmTypeError, check_bool
 
 
 @dataclasses.dataclass(frozen=True)
@@ -74,25 +65,3 @@ class FedProx(Algorithm):
     @property
     def name(self) -> str:
         return "fedprox" if self.weighted else "fedprox_unweighted"
-
-    @property
-    def unweighted_variant(self) -> str:
-        return f"FedProx(mu={self.mu}, weighted=False)"
-
-    def build_process(
-        self,
-        tff: Any,
-        weighting: Weighting,
-        *,
-        model_fn: ModelFn,
-        client_optimizer: Any,
-        server_optimizer: Any,
-        model_aggregator: Optional[Any],
-    ) -> Any:
-        from kerasfed.federated.algorithms._proximal import ProximalOptimizer  # noqa: PLC0415
-
-        return FedAvg(weighted=self.weighted).build_process(
-            tff, weighting, model_fn=model_fn,
-            client_optimizer=ProximalOptimizer(client_optimizer, self.mu),
-            server_optimizer=server_optimizer, model_aggregator=model_aggregator,
-        )

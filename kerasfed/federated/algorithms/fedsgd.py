@@ -12,15 +12,15 @@ with the **server optimizer**: with server SGD, ``w -= server_lr * mean_gradient
 Clients train nothing, so the client optimizer (the compiled Keras optimizer) is
 not used (``FedSGD.uses_client_optimizer`` is False) and the server learning rate
 is FedSGD's learning rate (TFF's default for FedSGD is 0.1, not FedAvg's 1.0).
-Built with ``tff.learning.algorithms.build_fed_sgd``.
+The TFF engine builds it with ``tff.learning.algorithms.build_fed_sgd``.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, ClassVar, Optional
+from typing import ClassVar
 
-from kerasfed.federated.algorithms._base import Algorithm, ModelFn, Weighting
+from kerasfed.federated.algorithms._base import Algorithm
 
 
 @dataclasses.dataclass(frozen=True)
@@ -37,23 +37,3 @@ class FedSGD(Algorithm):
     @property
     def name(self) -> str:
         return "fedsgd"
-
-    @property
-    def unweighted_variant(self) -> str:
-        # TFF's FedSGD always weights by examples: an unweighted aggregator is refused.
-        return "algorithm='fedavg_unweighted' with one local step"
-
-    def build_process(
-        self,
-        tff: Any,
-        weighting: Weighting,
-        *,
-        model_fn: ModelFn,
-        client_optimizer: Any,
-        server_optimizer: Any,
-        model_aggregator: Optional[Any],
-    ) -> Any:
-        del weighting, client_optimizer  # always by examples; clients only compute gradients
-        return tff.learning.algorithms.build_fed_sgd(
-            model_fn, server_optimizer_fn=server_optimizer, model_aggregator=model_aggregator
-        )

@@ -30,9 +30,8 @@ How kerasfed maps its arguments (``tff.learning.algorithms.build_weighted_mime_l
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Optional
 
-from kerasfed.federated.algorithms._base import Algorithm, ModelFn, Weighting, build_for_weighting, check_bool
+from kerasfed.federated.algorithms._base import Algorithm, check_bool
 
 
 @dataclasses.dataclass(frozen=True)
@@ -56,26 +55,3 @@ class MimeLite(Algorithm):
     @property
     def name(self) -> str:
         return "mime" if self.weighted else "mime_unweighted"
-
-    @property
-    def unweighted_variant(self) -> str:
-        return "MimeLite(weighted=False)"
-
-    def build_process(
-        self,
-        tff: Any,
-        weighting: Weighting,
-        *,
-        model_fn: ModelFn,
-        client_optimizer: Any,
-        server_optimizer: Any,
-        model_aggregator: Optional[Any],
-    ) -> Any:
-        algorithms = tff.learning.algorithms
-        return build_for_weighting(
-            tff, weighting,
-            weighted_builder=algorithms.build_weighted_mime_lite,
-            unweighted_builder=algorithms.build_unweighted_mime_lite,
-            model_fn=model_fn, model_aggregator=model_aggregator,
-            base_optimizer=client_optimizer, server_optimizer=server_optimizer,
-        )

@@ -78,15 +78,11 @@ class RuntimeInfo:
     """What ``federated_runtime`` runs.
 
     Attributes:
-        kind: ``"worker_process"`` (a TFF C++ worker process) or ``"in_process"``.
-            TFF 0.87 offers no in-process executor, so today it is always
-            ``"worker_process"``.
         address: ``"127.0.0.1:PORT"``, where kerasfed reaches the worker. The worker
             listens on PORT on all interfaces (see the module docstring).
         pid: The worker's process id.
     """
 
-    kind: str
     address: str | None
     pid: int | None
 
@@ -149,7 +145,7 @@ def federated_runtime(
         context = _make_context(tff, worker, channel, executors)
         stack.callback(_shut_down, worker, channel, executors, context)
         stack.enter_context(tff.framework.get_context_stack().install(context))
-        yield RuntimeInfo(kind="worker_process", address=worker.address, pid=worker.process.pid)
+        yield RuntimeInfo(address=worker.address, pid=worker.process.pid)
 
 
 def _shut_down(worker: _Worker, channel: Any, executors: list[Any], context: Any) -> None:
@@ -339,7 +335,7 @@ def _make_context(tff: Any, worker: _Worker, channel: Any, executors: list[Any])
             raise WorkerDiedError(
                 f"TFF's worker process (pid {worker.process.pid}) ended with code "
                 f"{worker.process.returncode} during training; it may have run out of "
-                "memory (try a smaller max_concurrent_clients). Its log:\n"
+                "memory (try a smaller max_parallel_clients). Its log:\n"
                 f"{worker.log_tail()}"
             )
         cardinalities.setdefault(tff.CLIENTS, 0)

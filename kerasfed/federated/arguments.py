@@ -1,0 +1,394 @@
+"""``fit_federated``'s arguments: every check, once, before any engine starts.
+
+``check_arguments`` turns the call's arguments into a ``Plan``: the resolved
+model, engine, algorithm and optimizer settings, the clients as a ``ClientData``,
+the checkpoint to resume, the seed. Every bad value raises here, with what was
+expected, what was received and how to fix it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import secrets
+import warnings
+from typing import Any
+
+import numpy as np
+
+from kerasfed._arguments import check_callbacks, check_verbose
+from kerasfed._compat import KERAS_3, keras
+from kerasfed._keras_model import ModelError, ModelRecipe, resolve_compiled_model
+from kerasfed.federated import checkpoint as ckpt
+from kerasfed.federated.algorithms import get_algorithm
+from kerasfed.federated.client_optimizers import client_optimizer_from_keras
+from kerasfed.federated.clients import ClientData, ClientDataError, as_client_data
+from kerasfed.federated.compiled_parts import CompiledParts
+from kerasfed.federated.engines import resolve_engine
+from kerasfed.federated.progress import resolve_verbose
+from kerasfed.federated.server_optimizers import (
+    check_server_learning_rate,
+    resolve_server_optimizer,
+)
+
+_CALLER = "fit_federated"
+
+BATCHNORM_WARNING = (
+    "fit_federated: the model has BatchNormalization layers. TFF 0.87 trains their "
+    "gamma and beta, but never updates their moving mean and variance: clients "
+    "normalise each batch with its own statistics while training, but the global "
+    "model keeps the moving statistics it has now (for a new layer mean 0 and "
+    "variance 1), and evaluate/predict use those. Use engine='native' (it averages "
+    "the moving statistics over the clients), or keras.layers.GroupNormalization / "
+    "LayerNormalization instead."
+)
+
+
+class FederatedArgumentError(ValueError):
+    """An argument of ``fit_federated`` has an invalid value."""
+
+
+class FederatedArgumentTypeError(TypeError):
+    """An argument of ``fit_federated`` has the wrong type."""
+
+
+
+@dataclasses.dataclass
+class Plan:
+    """Checked arguments and everything derived from them."""
+
+    engine: str
+    model: keras.Model
+    recipe: ModelRecipe
+    parts: CompiledParts
+    clients: ClientData
+    eval_clients: ClientData | None
+    validation: tuple[np.ndarray, np.ndarray] | None
+    rounds: int
+    clients_per_round: int | None
+    local_epochs: int
+    batch_size: int
+    shuffle: bool
+    evaluate_every: int
+    algorithm: Any
+    server_optimizer: Any
+    server_learning_rate: float
+    client_optimizer: Any
+    max_parallel_clients: int | None
+    callbacks: list
+    checkpoint_dir: str | None
+    checkpoint: ckpt.Checkpoint | None
+    fingerprint: dict[str, str]
+    seed: int
+    verbose: int
+
+
+def check_arguments(model: Any, clients: Any, **args: Any) -> Plan:
+    """Checks every argument of ``fit_federated``; returns the ``Plan``.
+
+    Raises: see ``fit_federated``.
+    """
+    engine = resolve_engine(args["engine"])
+    rounds = _check_int("rounds", args["rounds"], 1)
+    local_epochs = _check_int("local_epochs", args["local_epochs"], 1)
+    batch_size = _check_int("batch_size", args["batch_size"], 1)
+    evaluate_every = _check_int("evaluate_every", args["evaluate_every"], 1)
+    seed = args["seed"] if args["seed"] is None else _check_int("seed", args["seed"], 0)
+    shuffle = _check_bool("shuffle", args["shuffle"])
+    max_parallel = args["max_parallel_clients"]
+    if max_parallel is not None:
+        max_parallel = _check_int("max_parallel_clients", max_parallel, 1)
+    verbose = resolve_verbose(check_verbose(args["verbose"], caller=_CALLER))
+    callbacks = check_callbacks(args["callbacks"], caller=_CALLER)
+    checkpoint_dir = _check_checkpoint_dir(args["checkpoint_dir"])
+
+    model = resolve_compiled_model(model, caller=_CALLER)
+    # The TFF engine rebuilds the model from its config inside TFF's graphs; the
+    # native engine trains the model itself, so subclassed models need no config.
+    recipe = ModelRecipe.from_model(model, caller=_CALLER, rebuild=engine == "tff")
+    _check_single_input_output(model, engine)
+    algorithm = get_algorithm(args["algorithm"])
+    server_optimizer = resolve_server_optimizer(args["server_optimizer"])
+    server_learning_rate = check_server_learning_rate(args["server_learning_rate"])
+    client_opt = (
+        client_optimizer_from_keras(recipe.optimizer_config(), caller=_CALLER)
+        if algorithm.uses_client_optimizer
+        else None
+    )
+
+    client_data = as_client_data(clients, what="clients")
+    output_shape = _output_shape(model, client_data)
+    num_classes, sparse = _label_rule(recipe, output_shape)
+    cpr = args["clients_per_round"]
+    if cpr is not None:
+        cpr = _check_int("clients_per_round", cpr, 1, len(client_data))
+    _check_features(model, client_data, "clients")
+    parts = CompiledParts.of(recipe, client_data.element_spec[1], output_shape)
+    if engine == "tff":
+        _check_weight_layout(model)
+    client_data.validate(**_label_check(num_classes, sparse, client_data))
+
+    eval_clients = None
+    if args["evaluation_clients"] is not None:
+        eval_clients = as_client_data(args["evaluation_clients"], what="evaluation_clients")
+        _check_same_spec(client_data, eval_clients)
+        eval_clients.validate(**_label_check(num_classes, sparse, eval_clients))
+    validation = _check_validation_data(args["validation_data"], model, num_classes, sparse)
+
+    _warn_ignored_compile_settings(recipe)
+    _warn_settings_without_effect(
+        algorithm, local_epochs, evaluate_every,
+        has_evaluation=validation is not None or eval_clients is not None,
+    )
+    if engine == "tff" and any(
+        "BatchNormalization" in type(m).__name__ for m in model.submodules
+    ):
+        warnings.warn(BATCHNORM_WARNING, UserWarning, stacklevel=3)
+
+    fingerprint = ckpt.training_fingerprint(
+        model=model, recipe=recipe, algorithm=algorithm, server_optimizer=server_optimizer,
+        server_learning_rate=server_learning_rate, clients=client_data,
+        clients_per_round=cpr, local_epochs=local_epochs, batch_size=batch_size,
+        shuffle=shuffle,
+    )
+    checkpoint = None
+    if checkpoint_dir is not None:
+        checkpoint = ckpt.load_checkpoint(checkpoint_dir)
+        if checkpoint is not None:
+            ckpt.check_resumable(
+                checkpoint, directory=checkpoint_dir, fingerprint=fingerprint,
+                seed=seed, rounds=rounds,
+            )
+            seed = checkpoint.seed
+    if seed is None:
+        seed = secrets.randbelow(2**31)  # recorded in History.params and checkpoints
+
+    return Plan(
+        engine=engine, model=model, recipe=recipe, parts=parts, clients=client_data,
+        eval_clients=eval_clients, validation=validation, rounds=rounds,
+        clients_per_round=cpr, local_epochs=local_epochs, batch_size=batch_size,
+        shuffle=shuffle, evaluate_every=evaluate_every, algorithm=algorithm,
+        server_optimizer=server_optimizer, server_learning_rate=server_learning_rate,
+        client_optimizer=client_opt, max_parallel_clients=max_parallel, callbacks=callbacks,
+        checkpoint_dir=checkpoint_dir, checkpoint=checkpoint, fingerprint=fingerprint,
+        seed=seed, verbose=verbose,
+    )
+
+
+def _check_bool(name: str, value: Any) -> bool:
+    if not isinstance(value, (bool, np.bool_)):
+        raise FederatedArgumentTypeError(
+            f"{_CALLER}: expected `{name}` to be True or False. Received: {name}={value!r} "
+            f"of type {type(value).__name__}."
+        )
+    return bool(value)
+
+
+def _check_weight_layout(model: keras.Model) -> None:
+    position = {id(v): i for i, v in enumerate(model.weights)}
+    listed = [id(v) for v in [*model.trainable_weights, *model.non_trainable_weights]]
+    if sorted(position.get(i, -1) for i in listed) != list(range(len(position))):
+        raise ModelError(
+            f"{_CALLER}: the model {model.name!r} lists some weights twice or outside its "
+            f"trainable/non-trainable weights; TFF cannot map them. Use engine='native'."
+        )
+
+
+def _check_int(name: str, value: Any, minimum: int, maximum: int | None = None) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise FederatedArgumentTypeError(
+            f"{_CALLER}: expected `{name}` to be an int. Received: {name}={value!r} of "
+            f"type {type(value).__name__}."
+        )
+    value = int(value)
+    if value < minimum or (maximum is not None and value > maximum):
+        bounds = f">= {minimum}" if maximum is None else f"in [{minimum}, {maximum}]"
+        hint = " (the number of clients)" if name == "clients_per_round" else ""
+        raise FederatedArgumentError(
+            f"{_CALLER}: expected `{name}` to be an int {bounds}{hint}. Received: "
+            f"{name}={value}."
+        )
+    return value
+
+
+def _check_checkpoint_dir(directory: Any) -> str | None:
+    if directory is None:
+        return None
+    if not isinstance(directory, (str, os.PathLike)):
+        raise FederatedArgumentTypeError(
+            f"{_CALLER}: expected `checkpoint_dir` to be None or a directory path. "
+            f"Received: checkpoint_dir={directory!r} of type {type(directory).__name__}."
+        )
+    directory = os.fspath(directory)
+    if os.path.exists(directory) and not os.path.isdir(directory):
+        raise FederatedArgumentError(
+            f"{_CALLER}: checkpoint_dir={directory!r} exists and is not a directory. "
+            f"Pass a directory path (it is created if missing)."
+        )
+    return directory
+
+
+def _check_single_input_output(model: keras.Model, engine: str) -> None:
+    try:
+        shapes = (("input", model.input_shape), ("output", model.output_shape))
+    except (AttributeError, ValueError):  # a subclassed model: no fixed input/output shape
+        if engine == "native" and KERAS_3:
+            return  # trained as it is; its data's shapes are checked when it first runs
+        raise ModelError(
+            f"{_CALLER}: the model {model.name!r} of class {type(model).__name__} has no "
+            f"fixed input and output shape (a subclassed model). "
+            + ("The TFF engine trains Sequential and functional models only"
+               if engine == "tff" else "Under Keras 2 kerasfed trains Sequential and "
+               "functional models only")
+            + "; rebuild it with keras.Sequential or keras.Model(inputs, outputs)"
+            + (", or use engine='native' under Keras 3." if engine == "tff" else ".")
+        ) from None
+    for what, shape in shapes:
+        if not isinstance(shape, tuple) or (shape and isinstance(shape[0], (tuple, list))):
+            raise ModelError(
+                f"{_CALLER}: the model {model.name!r} has several {what}s ({shape}). "
+                f"Federated training supports models with one input and one output."
+            )
+
+
+def _loss_kinds() -> dict[Any, str]:
+    losses = keras.losses
+    kinds: dict[Any, str] = {}
+    for names, kind in (
+        (("SparseCategoricalCrossentropy", "sparse_categorical_crossentropy"), "sparse"),
+        (("CategoricalCrossentropy", "categorical_crossentropy", "CategoricalFocalCrossentropy",
+          "categorical_focal_crossentropy", "CategoricalHinge", "categorical_hinge"), "one_hot"),
+        (("BinaryCrossentropy", "binary_crossentropy", "BinaryFocalCrossentropy",
+          "binary_focal_crossentropy"), "binary"),
+    ):
+        for name in names:
+            if hasattr(losses, name):
+                kinds[getattr(losses, name)] = kind
+    return kinds
+
+
+def _label_rule(recipe: ModelRecipe, output_shape: Any) -> tuple[int | None, bool | None]:
+    """(number of classes, sparse labels?) that the loss implies, or (None, None).
+
+    Read from the loss object itself: Keras' own classification losses by class
+    (exactly, not subclasses) or function; anything else is not checked.
+    """
+    loss = recipe.new_loss()
+    fn = getattr(loss, "fn", None)  # LossFunctionWrapper around a loss function
+    kinds = _loss_kinds()
+    kind = kinds.get(type(loss)) or kinds.get(fn) or (kinds.get(loss) if callable(loss) else None)
+    units = output_shape[-1] if output_shape else None
+    if units is None or kind is None:
+        return None, None
+    if kind == "sparse":
+        return units, True
+    if kind == "one_hot":
+        return units, False
+    if units == 1:
+        return 2, True
+    return None, None
+
+
+def _label_check(num_classes: int | None, sparse: bool | None, data: ClientData) -> dict:
+    # Soft 0..1 targets are valid for binary cross-entropy: check integer labels only.
+    if num_classes == 2 and sparse and data.label_dtype.kind == "f":
+        return {}
+    return {"num_classes": num_classes, "sparse_labels": sparse}
+
+
+def _output_shape(model: keras.Model, data: ClientData) -> tuple:
+    """The model's output shape; a subclassed model's is read off one example."""
+    try:
+        return tuple(model.output_shape)
+    except (AttributeError, ValueError):
+        x = data[data.client_ids[0]][0][:1]
+        return (None, *tuple(model(x, training=False).shape[1:]))
+
+
+def _check_features(model: keras.Model, data: ClientData, what: str) -> None:
+    try:
+        expected = tuple(model.input_shape[1:])
+    except (AttributeError, ValueError):  # a subclassed model: checked when it runs
+        return
+    got = tuple(data.feature_shape)
+    if len(expected) != len(got) or any(e is not None and e != g for e, g in zip(expected, got)):
+        raise ClientDataError(
+            f"{_CALLER}: the model {model.name!r} takes inputs of per-example shape "
+            f"{expected}, but `{what}` has features of shape {got}. Reshape the data "
+            f"or change the model's input shape."
+        )
+
+
+def _check_same_spec(clients: ClientData, eval_clients: ClientData) -> None:
+    ours = (clients.feature_shape, clients.feature_dtype, clients.label_shape, clients.label_dtype)
+    theirs = (
+        eval_clients.feature_shape, eval_clients.feature_dtype,
+        eval_clients.label_shape, eval_clients.label_dtype,
+    )
+    if ours != theirs:
+        raise ClientDataError(
+            f"{_CALLER}: `evaluation_clients` must have features and labels of the same "
+            f"per-example shapes and dtypes as `clients` (the model is evaluated with the "
+            f"training types). `clients`: x {ours[0]} {ours[1]}, y {ours[2]} {ours[3]}; "
+            f"`evaluation_clients`: x {theirs[0]} {theirs[1]}, y {theirs[2]} {theirs[3]}. "
+            f"Convert them, e.g. with .astype(...)."
+        )
+
+
+def _check_validation_data(
+    validation_data: Any,
+    model: keras.Model,
+    num_classes: int | None,
+    sparse: bool | None,
+) -> tuple[np.ndarray, np.ndarray] | None:
+    if validation_data is None:
+        return None
+    if not isinstance(validation_data, (tuple, list)) or len(validation_data) != 2:
+        raise FederatedArgumentTypeError(
+            f"{_CALLER}: expected `validation_data` to be a tuple (x_val, y_val) of arrays. "
+            f"Received: {type(validation_data).__name__}"
+            + (f" of length {len(validation_data)}" if isinstance(validation_data, (tuple, list)) else "")
+            + ". Pass validation_data=(x_val, y_val); for held-out clients use "
+            "`evaluation_clients`."
+        )
+    try:
+        data = ClientData({"validation_data": tuple(validation_data)})
+        _check_features(model, data, "validation_data")
+        data.validate(**_label_check(num_classes, sparse, data))
+    except ClientDataError as e:
+        message = str(e).replace("Client 'validation_data'", "`validation_data`")
+        raise ClientDataError(message) from None
+    return data["validation_data"]
+
+
+def _warn_ignored_compile_settings(recipe: Any) -> None:
+    for key in ("loss_weights", "weighted_metrics"):
+        if recipe.compile_config.get(key):
+            warnings.warn(
+                f"{_CALLER}: the model is compiled with {key}=..., which federated "
+                f"training ignores (as TFF's Keras wrapper does).",
+                UserWarning,
+                stacklevel=4,
+            )
+
+
+def _warn_settings_without_effect(
+    algorithm: Any, local_epochs: int, evaluate_every: int, *, has_evaluation: bool
+) -> None:
+    if evaluate_every != 1 and not has_evaluation:
+        warnings.warn(
+            f"{_CALLER}: evaluate_every={evaluate_every} has no effect without "
+            f"`validation_data` or `evaluation_clients`.",
+            UserWarning,
+            stacklevel=4,
+        )
+    if local_epochs != 1 and not algorithm.uses_client_optimizer:
+        warnings.warn(
+            f"{_CALLER}: local_epochs={local_epochs} has no effect with "
+            f"algorithm={algorithm.name!r}: its clients compute one gradient of their "
+            f"mean loss (repeating the data leaves it unchanged) and do not train.",
+            UserWarning,
+            stacklevel=4,
+        )
+
+

@@ -1,0 +1,171 @@
+"""What every federated engine is: the seam between the round loop and the runtime.
+
+``fit_federated``'s round loop (sampling, shuffling, checkpoints, callbacks,
+progress) is shared; an engine only trains the clients it is handed and
+evaluates. It receives each client's examples and the order of its examples in
+every local epoch (``ClientRound``), so both engines cut the same batches, and
+it reports its server state in an engine-neutral form (``NeutralState``), so a
+run checkpointed on one engine resumes on the other.
+"""
+
+from __future__ import annotations
+
+import abc
+import dataclasses
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+
+@dataclasses.dataclass(frozen=True)
+class ClientRound:
+    """One client's part in a round.
+
+    Attributes:
+      cid: The client id.
+      x, y: The client's examples.
+      order: ``(local_epochs, num_examples)`` example indices, one row per local
+        epoch; each row is cut into consecutive batches of ``batch_size`` (the
+        last one may be smaller), batches never spanning two epochs.
+    """
+
+    cid: str
+    x: np.ndarray
+    y: np.ndarray
+    order: np.ndarray
+
+
+@dataclasses.dataclass(frozen=True)
+class RoundResult:
+    """What one training round returns besides the new state.
+
+    Attributes:
+      metrics: Training loss and compiled metrics over every example the round's
+        clients trained on (Keras names, loss first).
+      num_examples: Examples processed, summed over clients and local epochs
+        (clients whose update was not finite are left out).
+      update_non_finite: True when the aggregated update had NaN/inf values; the
+        previous global weights are then kept.
+    """
+
+    metrics: dict[str, float]
+    num_examples: int
+    update_non_finite: bool
+
+
+@dataclasses.dataclass
+class NeutralState:
+    """The server state as both engines understand it.
+
+    Attributes:
+      weights: The global model weights, in Keras ``get_weights()`` order.
+      optimizer: The server optimizer's state slots, named as TFF names them
+        (``step``, ``accumulator``, ``preconditioner``): a list of arrays per
+        slot, one per trainable weight (``step``: one scalar).
+      algorithm: The algorithm's own server state (Mime-lite: the global client
+        optimizer's slots), same layout.
+    """
+
+    weights: list[np.ndarray]
+    optimizer: dict[str, list[np.ndarray]] = dataclasses.field(default_factory=dict)
+    algorithm: dict[str, list[np.ndarray]] = dataclasses.field(default_factory=dict)
+
+
+@dataclasses.dataclass(frozen=True)
+class EngineSetup:
+    """Everything an engine is built from (checked by ``fit_federated``).
+
+    Attributes:
+      model: The user's compiled Keras model (its weight order is the neutral one).
+      recipe: Its ``ModelRecipe``.
+      parts: Its loss and metrics (``compiled_parts.CompiledParts``).
+      algorithm: An ``Algorithm`` settings value.
+      client_optimizer: A ``ClientOptimizerSpec``, or None when unused (FedSGD).
+      server_optimizer: A ``ServerOptimizer`` settings value.
+      server_learning_rate: Its learning rate.
+      batch_size: The clients' batch size.
+      element_spec: ``(x, y)`` ``tf.TensorSpec`` of a batch.
+      federated_evaluation: Whether ``evaluate`` will be called.
+      max_parallel_clients: Clients trained at once (native engine), or None.
+    """
+
+    model: Any
+    recipe: Any
+    parts: Any
+    algorithm: Any
+    client_optimizer: Any
+    server_optimizer: Any
+    server_learning_rate: float
+    batch_size: int
+    element_spec: tuple
+    federated_evaluation: bool
+    max_parallel_clients: int | None = None
+
+
+class Engine(abc.ABC):
+    """Runs the rounds of one federated training."""
+
+    #: ``"tff"`` or ``"native"``.
+    name: str
+    #: Bytes the server sends to / receives from each client per round.
+    bytes_to_client: int
+    bytes_from_client: int
+
+    @abc.abstractmethod
+    def initial_state(self, weights: Sequence[np.ndarray]) -> Any:
+        """The engine's server state holding ``weights`` (Keras order)."""
+
+    @abc.abstractmethod
+    def train_round(self, state: Any, clients: Sequence[ClientRound]) -> tuple[Any, RoundResult]:
+        """Trains ``clients`` from ``state``'s global model; returns the new state."""
+
+    @abc.abstractmethod
+    def evaluate(self, state: Any, clients: Sequence[ClientRound]) -> dict[str, float]:
+        """Loss and compiled metrics of the global model over all ``clients``' examples."""
+
+    @abc.abstractmethod
+    def get_weights(self, state: Any) -> list[np.ndarray]:
+        """The global model weights in ``state`` (Keras order)."""
+
+    @abc.abstractmethod
+    def to_neutral(self, state: Any) -> NeutralState:
+        """``state`` in the engine-neutral form (for checkpoints)."""
+
+    @abc.abstractmethod
+    def from_neutral(self, neutral: NeutralState) -> Any:
+        """The engine's state for ``neutral``.
+
+        Raises:
+          ValueError: ``neutral`` does not fit this training (other model,
+            optimizer or algorithm).
+        """
+
+    def describe(self) -> str:
+        """One line saying how this engine runs the rounds (logged once)."""
+        return self.name
+
+    def close(self) -> None:
+        """Releases what the engine holds (the TFF engine's worker process)."""
+
+
+def check_neutral(expected: NeutralState, got: NeutralState) -> None:
+    """Raises ValueError unless ``got`` has ``expected``'s slots, shapes and dtypes."""
+    def arrays(state):
+        out = {f"weights[{i}]": w for i, w in enumerate(state.weights)}
+        for group in ("optimizer", "algorithm"):
+            for slot, values in getattr(state, group).items():
+                out.update({f"{group}.{slot}[{i}]": v for i, v in enumerate(values)})
+        return out
+
+    want, have = arrays(expected), arrays(got)
+    if set(want) != set(have):
+        missing, extra = sorted(set(want) - set(have)), sorted(set(have) - set(want))
+        raise ValueError(f"the saved state lacks {missing[:4]} and has {extra[:4]} in addition")
+    for key, w in want.items():
+        h = np.asarray(have[key])
+        if h.shape != np.shape(w) or h.dtype != np.asarray(w).dtype:
+            raise ValueError(
+                f"{key} was saved with shape {h.shape} and dtype {h.dtype}; this training "
+                f"needs {np.shape(w)} {np.asarray(w).dtype}"
+            )

@@ -1,0 +1,222 @@
+"""Local training of a chunk of clients as one compiled TensorFlow computation.
+
+Two forms, the same result:
+
+* **lockstep**: the clients' weights are stacked on a leading client axis and
+  every local step runs all clients at once, ``tf.vectorized_map`` over the
+  model's stateless forward pass, so many small per-client ops become a few large
+  ones (optionally under XLA). Batches are padded to ``batch_size`` and masked,
+  and a client with fewer steps stops changing once its batches run out, so each
+  client's result is exactly what training it alone gives.
+* **sequential**: one client after another inside the same ``tf.function``,
+  each batch at its real size. Wins for convolutions on CPU, and is the only
+  form for models whose forward pass cannot be made stateless or whose layers
+  mix the examples of a batch (BatchNormalization).
+
+What a client does is the algorithm's (``kind``):
+
+* ``"train"`` (FedAvg, FedProx): local steps with the client rule; FedProx adds
+  ``mu * (w - w_global)`` to each gradient. Returns ``w - w_global``.
+* ``"gradient"`` (FedSGD): the gradient of the client's mean loss at the global
+  weights, the batches' gradients weighted by their sizes. Returns it.
+* ``"mime"`` (Mime-lite): that full gradient, then local steps with the client
+  rule applied with the *frozen* global optimizer state. Returns both.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import tensorflow as tf
+
+
+def _where(active, new, old):
+    return tf.nest.map_structure(lambda n, o: tf.where(active, n, o), new, old)
+
+
+class ClientWork:
+    """Builds the compiled chunk function for one training configuration.
+
+    Args:
+      forward: A ``StatelessForward`` (both forms) or ``VariableForward``
+        (sequential only).
+      rule: The client update rule (``optimizers.Rule``), or None for FedSGD.
+      kind: ``"train"``, ``"gradient"`` or ``"mime"``.
+      mu: FedProx's proximal strength (0 for none).
+      metrics: The round's Keras metric objects, updated in place.
+      lockstep: Which form.
+      jit_compile: Compile with XLA.
+    """
+
+    def __init__(self, forward, rule, *, kind: str, mu: float, metrics: list, lockstep: bool,
+                 jit_compile: bool):
+        self.forward = forward
+        self.rule = rule
+        self.kind = kind
+        self.mu = mu
+        self.metrics = metrics
+        self.lockstep = lockstep
+        body = self._lockstep if lockstep else self._sequential
+        self.run = tf.function(body, jit_compile=jit_compile, reduce_retracing=True)
+
+    # -- metrics ---------------------------------------------------------------------
+    def _update_metrics(self, y, pred, weight):
+        for metric in self.metrics:
+            metric.update_state(y, pred, sample_weight=weight)
+
+    # -- lockstep --------------------------------------------------------------------
+    def _lockstep(self, x, y, batches, counts, metric_mask, params, state, global_opt):
+        num = tf.shape(x)[0]
+        tile = lambda t: tf.repeat(tf.expand_dims(t, 0), num, axis=0)  # noqa: E731
+        params0 = [tile(p) for p in params]
+        state0 = [tile(s) for s in state]
+        zeros = tf.zeros([num], x.dtype if x.dtype.is_floating else tf.float32)
+        out: dict[str, Any] = {}
+
+        def gather(step):
+            idx = batches[:, step]
+            xb = tf.gather(x, idx, batch_dims=1)
+            yb = tf.gather(y, idx, batch_dims=1)
+            mask = tf.sequence_mask(counts[:, step], tf.shape(idx)[1], dtype=tf.float32)
+            return xb, yb, mask
+
+        def flat(t):
+            return tf.reshape(t, tf.concat([[-1], tf.shape(t)[2:]], 0))
+
+        steps = tf.shape(batches)[1]
+        if self.kind in ("gradient", "mime"):
+            def grad_one(args):
+                p, st, xb, yb, mask = args
+                grads, new_st, loss_sum, elements, pred = self.forward.loss_and_grads(
+                    p, st, xb, yb, mask)
+                count = tf.reduce_sum(mask)
+                return [g * count for g in grads], new_st, loss_sum / elements, pred
+
+            acc = [tf.zeros_like(p) for p in params0]
+            st, loss_sum, seen = state0, zeros, zeros
+            for s in tf.range(steps):
+                xb, yb, mask = gather(s)
+                g, new_st, ls, pred = tf.vectorized_map(
+                    grad_one, (params0, st, xb, yb, mask), fallback_to_while_loop=False)
+                active = counts[:, s] > 0
+                acc = [a + gi for a, gi in zip(acc, g)]
+                st = [tf.where(_bcast(active, n), n, o) for n, o in zip(new_st, st)]
+                if self.kind == "gradient":  # FedSGD's metrics: the batches at w_global
+                    loss_sum += ls
+                    self._update_metrics(flat(yb), flat(pred),
+                                         flat(mask * metric_mask[:, None]))
+                seen += counts[:, s]
+            denom = tf.maximum(seen, 1.0)
+            out["gradient"] = [a / _bcast_to(denom, a) for a in acc]
+            out["state"] = st
+            if self.kind == "gradient":
+                out["loss_sum"], out["examples"] = loss_sum, seen
+                return out
+
+        rule, mu, mime = self.rule, self.mu, self.kind == "mime"
+
+        def train_one(args):
+            p, st, opt, xb, yb, mask = args
+            grads, new_st, loss_sum, elements, pred = self.forward.loss_and_grads(
+                p, st, xb, yb, mask)
+            if mu:
+                grads = [g + mu * (w - w0) for g, w, w0 in zip(grads, p, params)]
+            if mime:  # the frozen global state: the client's own is never advanced
+                _, new_p = rule.step(global_opt, p, grads)
+                new_opt = opt
+            else:
+                new_opt, new_p = rule.step(opt, p, grads)
+            return new_p, new_st, new_opt, loss_sum / elements, pred
+
+        p, st = params0, state0
+        opt = tf.nest.map_structure(tile, rule.init(params)) if not mime else tf.zeros([num])
+        loss_sum, seen = zeros, zeros
+        for s in tf.range(steps):
+            xb, yb, mask = gather(s)
+            new_p, new_st, new_opt, ls, pred = tf.vectorized_map(
+                train_one, (p, st, opt, xb, yb, mask), fallback_to_while_loop=False)
+            active = counts[:, s] > 0
+            p = [tf.where(_bcast(active, n), n, o) for n, o in zip(new_p, p)]
+            st = [tf.where(_bcast(active, n), n, o) for n, o in zip(new_st, st)]
+            opt = tf.nest.map_structure(lambda n, o: tf.where(_bcast(active, n), n, o), new_opt, opt)
+            loss_sum += ls
+            seen += counts[:, s]
+            self._update_metrics(flat(yb), flat(pred), flat(mask * metric_mask[:, None]))
+        out["delta"] = [a - tile(b) for a, b in zip(p, params)]
+        out["state"] = st
+        out["loss_sum"], out["examples"] = loss_sum, seen
+        return out
+
+    # -- sequential ------------------------------------------------------------------
+    def _sequential(self, x, y, batches, counts, metric_mask, params, state, global_opt):
+        num = tf.shape(x)[0]
+        rule, mu, kind = self.rule, self.mu, self.kind
+        arrays = lambda ref: [  # noqa: E731
+            tf.TensorArray(t.dtype, size=num, element_shape=t.shape) for t in ref]
+        delta_ta, grad_ta, state_ta = arrays(params), arrays(params), arrays(state)
+        loss_ta = tf.TensorArray(tf.float32, size=num)
+        seen_ta = tf.TensorArray(tf.float32, size=num)
+        for c in tf.range(num):
+            n_steps = tf.reduce_sum(tf.cast(counts[c] > 0, tf.int32))
+            xc, yc, weight = x[c], y[c], metric_mask[c]
+            st = list(state)
+            loss_sum = tf.zeros((), tf.float32)
+            seen = tf.zeros((), tf.float32)
+
+            def batch(s):
+                n = tf.cast(counts[c, s], tf.int32)
+                idx = batches[c, s, :n]
+                return tf.gather(xc, idx), tf.gather(yc, idx), tf.ones([n], tf.float32)
+
+            if kind in ("gradient", "mime"):
+                acc = [tf.zeros_like(p) for p in params]
+                for s in tf.range(n_steps):
+                    xb, yb, mask = batch(s)
+                    grads, st, ls, elements, pred = self.forward.loss_and_grads(
+                        params, st, xb, yb, mask)
+                    count = tf.reduce_sum(mask)
+                    acc = [a + g * count for a, g in zip(acc, grads)]
+                    seen += count
+                    if kind == "gradient":
+                        loss_sum += ls / elements
+                        self._update_metrics(yb, pred, mask * weight)
+                gradient = [a / tf.maximum(seen, 1.0) for a in acc]
+                grad_ta = [ta.write(c, g) for ta, g in zip(grad_ta, gradient)]
+            if kind in ("train", "mime"):
+                if kind == "mime":
+                    st, seen = list(state), tf.zeros((), tf.float32)
+                p = list(params)
+                opt = rule.init(params)
+                for s in tf.range(n_steps):
+                    xb, yb, mask = batch(s)
+                    grads, st, ls, elements, pred = self.forward.loss_and_grads(
+                        p, st, xb, yb, mask)
+                    if mu:
+                        grads = [g + mu * (w - w0) for g, w, w0 in zip(grads, p, params)]
+                    if kind == "mime":
+                        _, p = rule.step(global_opt, p, grads)
+                    else:
+                        opt, p = rule.step(opt, p, grads)
+                    loss_sum += ls / elements
+                    seen += tf.reduce_sum(mask)
+                    self._update_metrics(yb, pred, mask * weight)
+                delta_ta = [ta.write(c, a - b) for ta, a, b in zip(delta_ta, p, params)]
+            state_ta = [ta.write(c, s) for ta, s in zip(state_ta, st)]
+            loss_ta = loss_ta.write(c, loss_sum)
+            seen_ta = seen_ta.write(c, seen)
+        out: dict[str, Any] = {"state": [ta.stack() for ta in state_ta],
+                               "loss_sum": loss_ta.stack(), "examples": seen_ta.stack()}
+        if kind in ("gradient", "mime"):
+            out["gradient"] = [ta.stack() for ta in grad_ta]
+        if kind in ("train", "mime"):
+            out["delta"] = [ta.stack() for ta in delta_ta]
+        return out
+
+
+def _bcast(active, like):
+    """``active`` ([C] bool) reshaped to broadcast against ``like`` ([C, ...])."""
+    return tf.reshape(active, tf.concat([[-1], tf.ones([tf.rank(like) - 1], tf.int32)], 0))
+
+
+def _bcast_to(values, like):
+    return tf.reshape(values, tf.concat([[-1], tf.ones([tf.rank(like) - 1], tf.int32)], 0))

@@ -1,0 +1,366 @@
+"""The native engine: federated rounds in pure TensorFlow, inside the calling process.
+
+No child process, no socket, nothing to clean up; TF 2.14 (Keras 2) and the
+newest TF (Keras 3) alike. A round's clients are trained in chunks of at most
+``max_parallel_clients``, each chunk one compiled computation (``client_work``);
+the server then averages the updates and applies the server optimizer exactly as
+TFF's algorithms do (``algorithms``, ``server_optimizers``). Beyond TFF,
+BatchNormalization moving statistics are averaged over the clients like the
+weights instead of staying frozen, and Keras 3 subclassed models train.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import tensorflow as tf
+
+from kerasfed.federated.algorithms import FedProx, FedSGD, MimeLite
+from kerasfed.federated.engines.base import (
+    ClientRound,
+    Engine,
+    EngineSetup,
+    NeutralState,
+    RoundResult,
+    check_neutral,
+)
+from kerasfed.federated.engines.native import forward as fwd
+from kerasfed.federated.engines.native.client_work import ClientWork
+from kerasfed.federated.engines.native.optimizers import client_rule, server_rule
+from kerasfed.federated.engines.native.packing import pack_chunk
+
+LOG = logging.getLogger("kerasfed")
+
+# The default chunk may use this share of the memory that is free at the start.
+_MEMORY_SHARE = 0.25
+_MAX_DEFAULT_CHUNK = 256
+
+
+class NativeEngine(Engine):
+    """Runs ``fit_federated``'s rounds in this process (see the module docstring)."""
+
+    name = "native"
+
+    def __init__(self, setup: EngineSetup, *, form: str | None = None):
+        model = setup.model
+        self._setup = setup
+        self._model = model
+        self._algorithm = setup.algorithm
+        self._batch_size = setup.batch_size
+        self._weighted = setup.algorithm.weighted
+        self._kind = (
+            "gradient" if isinstance(setup.algorithm, FedSGD)
+            else "mime" if isinstance(setup.algorithm, MimeLite) else "train"
+        )
+        self._mu = setup.algorithm.mu if isinstance(setup.algorithm, FedProx) else 0.0
+        self._client_rule = client_rule(setup.client_optimizer) if setup.client_optimizer else None
+        self._server_rule = server_rule(setup.server_optimizer, setup.server_learning_rate)
+        self._loss = setup.parts.loss_per_example()
+        self._metrics = [make() for make in setup.parts.metrics]
+        self._eval_metrics = [make() for make in setup.parts.metrics]
+
+        self._trainable = list(model.trainable_variables)
+        self._non_trainable = list(model.non_trainable_variables)
+        position = {id(v): i for i, v in enumerate(model.weights)}
+        self._trainable_pos = [position[id(v)] for v in self._trainable]
+        self._non_trainable_pos = [position.get(id(v)) for v in self._non_trainable]
+        x_spec, y_spec = setup.element_spec
+        self._x_spec, self._y_spec = x_spec, y_spec
+
+        self.form, self._why = _choose_form(model, form)
+        self._work = self._build_work(self.form)
+        self._max_parallel = setup.max_parallel_clients
+        self.bytes_to_client, self.bytes_from_client = self._payload_bytes()
+        self._evaluate_batch = tf.function(self._evaluate_batch_fn, reduce_retracing=True)
+
+    # -- form ---------------------------------------------------------------------
+    def _build_work(self, form: str) -> ClientWork:
+        lockstep = form.startswith("lockstep")
+        if lockstep or fwd.StatelessForward.supported(self._model) is None:
+            forward = fwd.StatelessForward(self._model, self._loss)
+        else:
+            forward = fwd.VariableForward(self._model, self._loss)
+        return ClientWork(
+            forward, self._client_rule, kind=self._kind, mu=self._mu, metrics=self._metrics,
+            lockstep=lockstep, jit_compile=form == "lockstep+xla",
+        )
+
+    def describe(self) -> str:
+        return f"native engine, {self.form} ({self._why})"
+
+    # -- state --------------------------------------------------------------------
+    def initial_state(self, weights: Sequence[np.ndarray]) -> dict:
+        trainable = [tf.constant(weights[i]) for i in self._trainable_pos]
+        state = {
+            "trainable": trainable,
+            "non_trainable": [
+                tf.constant(weights[i]) if i is not None else tf.identity(v)
+                for i, v in zip(self._non_trainable_pos, self._non_trainable)
+            ],
+            "optimizer": self._server_rule.init(trainable),
+            "algorithm": self._client_rule.init(trainable) if self._kind == "mime" else {},
+        }
+        return state
+
+    def get_weights(self, state: dict) -> list[np.ndarray]:
+        weights: list[Any] = [None] * len(self._model.weights)
+        for i, t in zip(self._trainable_pos, state["trainable"]):
+            weights[i] = t.numpy()
+        for i, t in zip(self._non_trainable_pos, state["non_trainable"]):
+            if i is not None:
+                weights[i] = t.numpy()
+        return weights
+
+    def to_neutral(self, state: dict) -> NeutralState:
+        return NeutralState(
+            weights=self.get_weights(state),
+            optimizer=_slots_to_numpy(state["optimizer"]),
+            algorithm=_slots_to_numpy(state["algorithm"]),
+        )
+
+    def from_neutral(self, neutral: NeutralState) -> dict:
+        template = self.to_neutral(self.initial_state(self._model.get_weights()))
+        check_neutral(template, neutral)
+        state = self.initial_state(neutral.weights)
+        state["optimizer"] = _slots_from_numpy(neutral.optimizer)
+        state["algorithm"] = _slots_from_numpy(neutral.algorithm)
+        return state
+
+    # -- rounds -------------------------------------------------------------------
+    def max_parallel_clients(self, clients: Sequence[ClientRound]) -> int:
+        """The chunk size: the user's, else what fits in a share of free memory."""
+        if self._max_parallel is not None:
+            return self._max_parallel
+        return default_parallel_clients(self._model, clients, self._batch_size)
+
+    def train_round(self, state: dict, clients: Sequence[ClientRound]) -> tuple[dict, RoundResult]:
+        for metric in self._metrics:
+            metric.reset_state()
+        size = max(1, min(self.max_parallel_clients(clients), len(clients)))
+        parts = []
+        for start in range(0, len(clients), size):
+            parts.append(self._run_chunk(state, clients[start:start + size], size))
+        merged = {key: _concat([p[key] for p in parts]) for key in parts[0]}
+        return self._server_update(state, merged)
+
+    def _run_chunk(self, state: dict, chunk: Sequence[ClientRound], slots: int) -> dict:
+        packed = pack_chunk(
+            chunk, batch_size=self._batch_size, num_slots=slots,
+            feature_shape=tuple(self._x_spec.shape[1:]),
+            feature_dtype=self._x_spec.dtype.as_numpy_dtype,
+            label_shape=tuple(self._y_spec.shape[1:]),
+            label_dtype=self._y_spec.dtype.as_numpy_dtype,
+        )
+        real = np.zeros(slots, np.float32)
+        real[: packed.real_clients] = 1.0
+        snapshot = [[v.numpy() for v in m.variables] for m in self._metrics]
+        out = self._call_work(packed, real, state)
+        finite = _finite(out, self._kind)
+        bad = real * (1.0 - finite.numpy().astype(np.float32))
+        if bad.any() and self._kind == "train":
+            # TFF resets the metrics of a client whose update is not finite (FedAvg's
+            # client work; FedSGD and Mime-lite keep them): run the chunk again with
+            # that client's metrics masked out.
+            for metric, values in zip(self._metrics, snapshot):
+                for v, value in zip(metric.variables, values):
+                    v.assign(value)
+            out = self._call_work(packed, real - bad, state)
+        keep = packed.real_clients
+        out = {k: (v[:keep] if not isinstance(v, list) else [t[:keep] for t in v])
+               for k, v in out.items()}
+        out["finite"] = finite[:keep]
+        return out
+
+    def _call_work(self, packed, metric_mask, state) -> dict:
+        args = (
+            tf.constant(packed.x), tf.constant(packed.y), tf.constant(packed.batches),
+            tf.constant(packed.counts), tf.constant(metric_mask),
+            state["trainable"], state["non_trainable"], state["algorithm"],
+        )
+        while True:
+            try:
+                return self._work.run(*args)
+            except (ValueError, TypeError, NotImplementedError, tf.errors.OpError) as e:
+                fallback = _FALLBACK.get(self.form)
+                if fallback is None:
+                    raise
+                LOG.warning("kerasfed: native engine: %s failed (%s: %s); using %s",
+                            self.form, type(e).__name__, str(e).splitlines()[0][:200], fallback)
+                self.form, self._why = fallback, f"{self.form} failed: {type(e).__name__}"
+                self._work = self._build_work(self.form)
+
+    def _server_update(self, state: dict, out: dict) -> tuple[dict, RoundResult]:
+        # TFF's semantics (model_delta_client_work, fed_sgd, mime, mean and
+        # apply_optimizer_finalizer): a non-finite client update is zeroed and
+        # weighted 0 (the unweighted mean still counts it); a non-finite mean keeps
+        # the weights and the server optimizer state.
+        finite = tf.cast(out["finite"], tf.float32)
+        examples = out["examples"]
+        if self._weighted:
+            weight = examples * finite
+        else:
+            weight = tf.ones_like(examples)
+        total = tf.reduce_sum(weight)
+        update_key = "gradient" if self._kind == "gradient" else "delta"
+        mean = [_weighted_mean(u, weight, total, finite) for u in out[update_key]]
+        non_finite = not all(bool(tf.reduce_all(tf.math.is_finite(m))) for m in mean)
+        new = dict(state)
+        if not non_finite:
+            gradient = mean if self._kind == "gradient" else [-m for m in mean]
+            new["optimizer"], new["trainable"] = self._server_rule.step(
+                state["optimizer"], state["trainable"], gradient)
+            # Beyond TFF (which keeps them frozen): BatchNormalization's moving
+            # statistics and other float non-trainable weights are averaged too.
+            good = examples * finite
+            good_total = tf.reduce_sum(good)
+            if float(good_total) > 0:
+                new["non_trainable"] = [
+                    _weighted_mean(s, good, good_total, finite)
+                    if s.dtype.is_floating and i is not None else g
+                    for s, g, i in zip(out["state"], state["non_trainable"],
+                                       self._non_trainable_pos)
+                ]
+        if self._kind == "mime":
+            # Mime-lite advances the global optimizer state with the mean full
+            # gradient every round, without TFF's finiteness check.
+            full = [_weighted_mean(g, weight, total) for g in out["gradient"]]
+            new["algorithm"], _ = self._client_rule.step(
+                state["algorithm"], [tf.zeros_like(t) for t in state["trainable"]], full)
+        counted = finite if self._kind == "train" else tf.ones_like(finite)
+        num_examples = int(round(float(tf.reduce_sum(examples * counted))))
+        loss = float(tf.reduce_sum(tf.where(counted > 0, out["loss_sum"], 0.0)))
+        metrics = {"loss": loss / num_examples if num_examples else float("nan")}
+        metrics.update((m.name, float(m.result())) for m in self._metrics)
+        return new, RoundResult(metrics=metrics, num_examples=num_examples,
+                                update_non_finite=non_finite)
+
+    # -- evaluation ---------------------------------------------------------------
+    def _evaluate_batch_fn(self, x, y):
+        pred = self._model(x, training=False)
+        per = self._loss(y, pred)
+        for metric in self._eval_metrics:
+            metric.update_state(y, pred)
+        count = tf.cast(tf.shape(x)[0], per.dtype)
+        elements = tf.cast(tf.size(per), per.dtype) / tf.maximum(count, 1.0)
+        if per.shape.rank == 0:
+            return per * count
+        return tf.reduce_sum(per) / elements
+
+    def evaluate(self, state: dict, clients: Sequence[ClientRound]) -> dict[str, float]:
+        self._model.set_weights(self.get_weights(state))
+        for metric in self._eval_metrics:
+            metric.reset_state()
+        loss_sum, total = 0.0, 0
+        for client in clients:
+            for start in range(0, len(client.x), self._batch_size):
+                x = client.x[start:start + self._batch_size]
+                y = client.y[start:start + self._batch_size]
+                loss_sum += float(self._evaluate_batch(tf.constant(x), tf.constant(y)))
+                total += len(x)
+        results = {"loss": loss_sum / max(total, 1)}
+        results.update((m.name, float(m.result())) for m in self._eval_metrics)
+        return results
+
+    # -- bytes ----------------------------------------------------------------------
+    def _payload_bytes(self) -> tuple[int, int]:
+        def nbytes(variables):
+            return sum(int(np.prod(v.shape)) * np.dtype(tf.as_dtype(v.dtype).as_numpy_dtype).itemsize
+                   for v in variables)
+
+        # Counted as TFF's round moves them: the model weights and the client
+        # optimizer's hyper-parameters (float32 each; FedProx adds mu) out; the
+        # update, its weight and the metric sums (loss total and count, int64
+        # num_examples and num_batches) back. Mime-lite also sends the global
+        # optimizer state out and the full gradient (with its weight) back.
+        to_client = nbytes(self._model.weights)
+        update = nbytes(self._trainable)
+        from_client = update + 4
+        if self._client_rule is not None:
+            to_client += 4 * self._client_rule.num_hyperparameters() + (4 if self._mu else 0)
+        if self._kind == "mime":
+            for slot in self._client_rule.init(self._trainable).values():
+                to_client += nbytes(slot) if isinstance(slot, list) else 4
+            from_client += update + 4
+        metric_bytes = sum(nbytes(m.variables) for m in self._metrics)
+        from_client += metric_bytes + 8 + 16
+        return to_client, from_client
+
+
+_FALLBACK = {"lockstep+xla": "lockstep", "lockstep": "sequential"}
+
+
+def _choose_form(model, requested: str | None) -> tuple[str, str]:
+    if requested is not None:
+        return requested, "requested"
+    reason = fwd.StatelessForward.supported(model)
+    if reason is not None:
+        return "sequential", reason
+    classes = fwd.layer_classes(model)
+    mixing = sorted({c for c in classes if c not in fwd.PER_EXAMPLE_LAYERS})
+    if mixing:
+        return "sequential", f"layers {mixing} are not known to treat examples independently"
+    if fwd.CONVOLUTION_LAYERS & set(classes):
+        return "sequential", "convolutions train faster one client at a time on CPU"
+    return "lockstep+xla", "dense layers: clients stacked and trained in lockstep"
+
+
+def default_parallel_clients(model, clients: Sequence[ClientRound], batch_size: int) -> int:
+    """How many clients one chunk may hold in about a quarter of the free memory."""
+    params = sum(int(np.prod(v.shape)) for v in model.weights)
+    rows = max(len(c.x) for c in clients)
+    example = int(np.prod(clients[0].x.shape[1:])) + int(np.prod(clients[0].y.shape[1:]))
+    activations = 0
+    for layer in model._flatten_layers(include_self=False, recursive=True):  # noqa: SLF001
+        shape = getattr(getattr(layer, "output", None), "shape", None)
+        if shape is not None:
+            activations += int(np.prod([d or 1 for d in shape[1:]]))
+    per_client = 4 * (6 * params + rows * example + 3 * batch_size * max(activations, 1))
+    try:
+        free = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError):
+        free = 4 << 30
+    return int(max(1, min(_MAX_DEFAULT_CHUNK, free * _MEMORY_SHARE // per_client)))
+
+
+def _finite(out: dict, kind: str) -> tf.Tensor:
+    key = "gradient" if kind == "gradient" else "delta"
+    flags = [
+        tf.reduce_all(tf.math.is_finite(tf.reshape(u, [tf.shape(u)[0], -1])), axis=1)
+        for u in out[key]
+    ]
+    return tf.reduce_all(tf.stack(flags), axis=0)
+
+
+def _weighted_mean(stacked: tf.Tensor, weight: tf.Tensor, total: tf.Tensor,
+                   finite: tf.Tensor | None = None) -> tf.Tensor:
+    """``sum_i weight_i * stacked_i / total``; clients not ``finite`` count as zeros."""
+    shape = [-1] + [1] * (len(stacked.shape) - 1)
+    if finite is not None:
+        ok = tf.reshape(finite > 0, shape)
+        stacked = tf.where(ok, stacked, tf.zeros_like(stacked))
+    w = tf.reshape(tf.cast(weight, stacked.dtype), shape)
+    return tf.reduce_sum(stacked * w, axis=0) / tf.cast(total, stacked.dtype)
+
+
+def _concat(values: list) -> Any:
+    if isinstance(values[0], list):
+        return [tf.concat(parts, 0) for parts in zip(*values)]
+    return tf.concat(values, 0)
+
+
+def _slots_to_numpy(slots: dict) -> dict[str, list[np.ndarray]]:
+    return {
+        k: [t.numpy() for t in v] if isinstance(v, list) else [np.asarray(v)]
+        for k, v in slots.items()
+    }
+
+
+def _slots_from_numpy(slots: dict) -> dict:
+    return {
+        k: tf.constant(v[0]) if k == "step" else [tf.constant(a) for a in v]
+        for k, v in slots.items()
+    }

@@ -1,0 +1,1 @@
+"""The TFF engine: the only package of kerasfed that imports TensorFlow Federated."""

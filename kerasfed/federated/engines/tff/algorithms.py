@@ -1,0 +1,73 @@
+"""kerasfed's algorithm settings as ``tff.learning`` learning processes.
+
+One builder per algorithm; each calls TFF's own builder with the weighting the
+algorithm asks for. FedProx is FedAvg with a proximal client optimizer, since
+TFF 0.87's own FedProx has the wrong sign (``proximal.py``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import tensorflow_federated as tff
+
+from kerasfed.federated.algorithms import Algorithm, FedAvg, FedProx, FedSGD, MimeLite
+from kerasfed.federated.engines.tff.proximal import ProximalOptimizer
+
+ModelFn = Callable[[], Any]  # returns a fresh tff.learning.models.VariableModel
+
+
+def _weighting(algorithm: Algorithm) -> Any:
+    return tff.learning.ClientWeighting.NUM_EXAMPLES if algorithm.weighted else None
+
+
+def _fedavg(algorithm, model_fn, client_optimizer, server_optimizer):
+    learning = tff.learning.algorithms
+    if algorithm.weighted:
+        return learning.build_weighted_fed_avg(
+            model_fn, client_optimizer_fn=client_optimizer, server_optimizer_fn=server_optimizer,
+            client_weighting=tff.learning.ClientWeighting.NUM_EXAMPLES,
+        )
+    return learning.build_unweighted_fed_avg(
+        model_fn, client_optimizer_fn=client_optimizer, server_optimizer_fn=server_optimizer
+    )
+
+
+def _fedprox(algorithm, model_fn, client_optimizer, server_optimizer):
+    return _fedavg(algorithm, model_fn, ProximalOptimizer(client_optimizer, algorithm.mu),
+                   server_optimizer)
+
+
+def _fedsgd(algorithm, model_fn, client_optimizer, server_optimizer):
+    del algorithm, client_optimizer  # always weighted by examples; clients only compute gradients
+    return tff.learning.algorithms.build_fed_sgd(model_fn, server_optimizer_fn=server_optimizer)
+
+
+def _mime(algorithm, model_fn, client_optimizer, server_optimizer):
+    learning = tff.learning.algorithms
+    if algorithm.weighted:
+        return learning.build_weighted_mime_lite(
+            model_fn, base_optimizer=client_optimizer, server_optimizer=server_optimizer,
+            client_weighting=tff.learning.ClientWeighting.NUM_EXAMPLES,
+        )
+    return learning.build_unweighted_mime_lite(
+        model_fn, base_optimizer=client_optimizer, server_optimizer=server_optimizer
+    )
+
+
+_BUILDERS = {FedAvg: _fedavg, FedProx: _fedprox, FedSGD: _fedsgd, MimeLite: _mime}
+
+
+def build_learning_process(
+    algorithm: Algorithm, *, model_fn: ModelFn, client_optimizer: Any, server_optimizer: Any
+) -> Any:
+    """The ``tff.learning.templates.LearningProcess`` of ``algorithm``.
+
+    Args:
+      algorithm: A kerasfed algorithm value.
+      model_fn: Builds a fresh ``tff.learning.models.VariableModel`` per call.
+      client_optimizer: ``tff.learning.optimizers.Optimizer`` (unused by FedSGD).
+      server_optimizer: ``tff.learning.optimizers.Optimizer``.
+    """
+    return _BUILDERS[type(algorithm)](algorithm, model_fn, client_optimizer, server_optimizer)

@@ -30,8 +30,13 @@ from kerasfed.federated.algorithms import (  # noqa: E402
     get_algorithm,
 )
 from kerasfed.federated.client_optimizers import client_optimizer_from_keras  # noqa: E402
-from kerasfed.federated.runtime import federated_runtime  # noqa: E402
-from kerasfed.federated.server_optimizers import ServerAdam, get_server_optimizer  # noqa: E402
+from kerasfed.federated.engines.tff.algorithms import build_learning_process  # noqa: E402
+from kerasfed.federated.engines.tff.optimizers import (  # noqa: E402
+    tff_client_optimizer,
+    tff_server_optimizer,
+)
+from kerasfed.federated.engines.tff.runtime import federated_runtime  # noqa: E402
+from kerasfed.federated.server_optimizers import ServerAdam, resolve_server_optimizer  # noqa: E402
 
 _RNG = np.random.default_rng(0)
 _KERNEL = _RNG.normal(size=(3, 2)).astype(np.float32)
@@ -85,20 +90,21 @@ def runtime():
 
 @pytest.fixture(scope="module")
 def processes():
-    """``get(algorithm, server=("sgd", 1.0), aggregator=None, client="sgd_momentum")``
-    -> the built process, cached."""
+    """``get(algorithm, server=("sgd", 1.0), client="sgd_momentum")`` -> the built
+    process, cached."""
     cache: dict = {}
 
-    def get(algorithm: Algorithm, server=("sgd", 1.0), aggregator=None, client="sgd_momentum"):
-        key = (algorithm, server, type(aggregator).__name__, client)
+    def get(algorithm: Algorithm, server=("sgd", 1.0), client="sgd_momentum"):
+        key = (algorithm, server, client)
         if key not in cache:
             compiled = _KERAS_OPTIMIZERS[client]()
             config = {"class_name": type(compiled).__name__, "config": compiled.get_config()}
-            cache[key] = algorithm.build(
+            spec, lr = server
+            cache[key] = build_learning_process(
+                algorithm,
                 model_fn=_model_fn,
-                client_optimizer=client_optimizer_from_keras(config),
-                server_optimizer=get_server_optimizer(*server),
-                model_aggregator=aggregator,
+                client_optimizer=tff_client_optimizer(client_optimizer_from_keras(config)),
+                server_optimizer=tff_server_optimizer(resolve_server_optimizer(spec), lr),
             )
         return cache[key]
 
@@ -178,12 +184,9 @@ def test_fedavg_with_kerasfeds_own_client_rules_matches_keras(client, processes,
     _assert_weights_close(got, _mean(clients, _SIZES), rtol=1e-4, atol=1e-5)
 
 
-@pytest.mark.parametrize("aggregator", [None, "mean_factory"])
-def test_unweighted_fedavg_is_the_plain_mean_of_keras_clients(aggregator, processes, runtime):
-    # None goes through TFF's unweighted builder, a weighted aggregator through the
-    # weighted builder with uniform client weights; both must give the plain mean.
-    factory = tff.aggregators.MeanFactory() if aggregator else None
-    got = _run(processes(FedAvg(weighted=False), aggregator=factory), 1, _datasets())
+def test_unweighted_fedavg_is_the_plain_mean_of_keras_clients(processes, runtime):
+    # TFF's unweighted builder must give the plain mean.
+    got = _run(processes(FedAvg(weighted=False)), 1, _datasets())
     clients = [_keras_client_update(x, y, _initial()) for x, y in _CLIENTS]
     _assert_weights_close(got, _mean(clients, [1, 1]))
 
@@ -309,61 +312,3 @@ def test_weighted_must_be_a_bool(cls):
     message = rf"`weighted` of {cls.__name__} to be True or False"
     with pytest.raises(AlgorithmTypeError, match=message):
         cls(weighted="yes")
-
-
-def _build(algorithm, **overrides):
-    args = dict(
-        model_fn=_model_fn,
-        client_optimizer=tff.learning.optimizers.build_sgdm(0.1),
-        server_optimizer=tff.learning.optimizers.build_sgdm(1.0),
-    )
-    args.update(overrides)
-    return algorithm.build(**args)
-
-
-_ALL = [FedAvg(), FedProx(), MimeLite(), FedSGD()]
-_NAMES = [a.name for a in _ALL]
-
-
-@pytest.mark.parametrize("algorithm", _ALL, ids=_NAMES)
-def test_build_rejects_a_model_that_is_not_a_function(algorithm):
-    message = rf"^{algorithm.name}: expected `model_fn` to be a zero-argument function"
-    with pytest.raises(AlgorithmTypeError, match=message):
-        _build(algorithm, model_fn=_keras_model())
-
-
-@pytest.mark.parametrize("algorithm", _ALL[:3], ids=_NAMES[:3])
-def test_build_rejects_a_keras_client_optimizer(algorithm):
-    message = r"`client_optimizer` to be a tff.learning.optimizers.Optimizer.*_from_keras"
-    with pytest.raises(AlgorithmTypeError, match=message):
-        _build(algorithm, client_optimizer=keras.optimizers.SGD())
-
-
-@pytest.mark.parametrize("algorithm", _ALL, ids=_NAMES)
-def test_build_rejects_a_server_optimizer_that_is_not_tffs(algorithm):
-    message = r"`server_optimizer` to be a tff.learning.optimizers.Optimizer.*get_server_optimizer"
-    with pytest.raises(AlgorithmTypeError, match=message):
-        _build(algorithm, server_optimizer="adam")
-
-
-@pytest.mark.parametrize(
-    ("algorithm", "variant"),
-    [
-        (FedAvg(), r"algorithm='fedavg_unweighted' or FedAvg\(weighted=False\)"),
-        (FedProx(mu=0.1), r"FedProx\(mu=0.1, weighted=False\)"),
-        (MimeLite(), r"MimeLite\(weighted=False\)"),
-        (FedSGD(), r"algorithm='fedavg_unweighted' with one local step"),
-    ],
-    ids=lambda a: getattr(a, "name", ""),
-)
-def test_weighted_algorithms_refuse_an_unweighted_aggregator(algorithm, variant):
-    message = rf"^{algorithm.name}: .*UnweightedMeanFactory is unweighted.*{variant}"
-    with pytest.raises(AlgorithmError, match=message):
-        _build(algorithm, model_aggregator=tff.aggregators.UnweightedMeanFactory())
-
-
-@pytest.mark.parametrize("algorithm", [FedAvg(weighted=False), *_ALL[1:]], ids=lambda a: a.name)
-def test_build_rejects_an_aggregator_that_is_not_tffs(algorithm):
-    message = r"`model_aggregator` to be None or a tff.aggregators"
-    with pytest.raises(AlgorithmTypeError, match=message):
-        _build(algorithm, model_aggregator="mean")

@@ -1,4 +1,5 @@
-"""Server optimizers take the steps of their papers' rules (numpy references)."""
+"""Server optimizers take the steps of their papers' rules (numpy references), on both
+engines: TFF's ``tff.learning.optimizers`` and the native engine's ``server_rule``."""
 
 from __future__ import annotations
 
@@ -22,7 +23,7 @@ from kerasfed.federated.server_optimizers import (  # noqa: E402
     ServerOptimizerTypeError,
     ServerSGD,
     ServerYogi,
-    get_server_optimizer,
+    check_server_learning_rate,
     resolve_server_optimizer,
 )
 
@@ -113,9 +114,91 @@ _CASES = {
 @pytest.mark.parametrize(("spec", "rule"), _CASES.values(), ids=_CASES.keys())
 def test_server_optimizer_matches_numpy(spec, rule):
     lr = 0.3
-    got = _tff_steps(get_server_optimizer(spec, lr))
+    from kerasfed.federated.engines.tff.optimizers import tff_server_optimizer  # noqa: PLC0415
+
+    got = _tff_steps(tff_server_optimizer(resolve_server_optimizer(spec), lr))
     np.testing.assert_allclose(got, _numpy_steps(rule, lr), rtol=1e-5, atol=1e-6)
     assert got[-1] == _W0[-1]  # a coordinate whose update is always 0 stays put
+
+
+def _native_steps(rule, grads, initial):
+    """``rule`` (a native ``Rule``) stepped over ``grads``, as the engine runs it (in a graph)."""
+    import tensorflow as tf  # noqa: PLC0415
+
+    weights = [tf.constant(w) for w in initial]
+    state = rule.init(weights)
+    step = tf.function(rule.step)
+    for g in grads:
+        state, weights = step(state, weights, [tf.constant(x) for x in g])
+    return state, [np.asarray(w) for w in weights]
+
+
+@pytest.mark.native  # needs no TFF: runs under the newest TF too
+@pytest.mark.parametrize(("spec", "rule"), _CASES.values(), ids=_CASES.keys())
+def test_native_server_rule_matches_numpy(spec, rule):
+    from kerasfed.federated.engines.native.optimizers import server_rule  # noqa: PLC0415
+
+    lr = 0.3
+    _, (got,) = _native_steps(
+        server_rule(resolve_server_optimizer(spec), lr), [[g] for g in _GRADS], [_W0]
+    )
+    np.testing.assert_allclose(got, _numpy_steps(rule, lr), rtol=1e-5, atol=1e-6)
+    assert got[-1] == _W0[-1]  # a coordinate whose update is always 0 stays put
+
+
+# The native rule against TFF's optimizer on the same random pseudo-gradients: the
+# weights and every state slot, which checkpoints carry between the engines.
+_SHAPES = [(3,), (2, 4)]
+_AGAINST_TFF = {
+    "sgd": ServerSGD(),
+    "sgd_momentum": ServerSGD(momentum=0.9),
+    "adam": ServerAdam(),
+    "yogi": ServerYogi(),
+    "adagrad": ServerAdagrad(),
+}
+
+
+@requires_tff
+@pytest.mark.parametrize("optimizer", _AGAINST_TFF.values(), ids=_AGAINST_TFF.keys())
+def test_native_server_rule_equals_tffs_step_for_step(optimizer):
+    import tensorflow as tf  # noqa: PLC0415
+
+    from kerasfed.federated.engines.native.optimizers import server_rule  # noqa: PLC0415
+    from kerasfed.federated.engines.tff.optimizers import tff_server_optimizer  # noqa: PLC0415
+
+    lr = 0.3
+    rng = np.random.default_rng(7)
+    initial = [rng.normal(size=s).astype(np.float32) for s in _SHAPES]
+    grads = [[rng.normal(size=s).astype(np.float32) for s in _SHAPES] for _ in range(3)]
+
+    tff_optimizer = tff_server_optimizer(optimizer, lr)
+    tff_state = tff_optimizer.initialize([tf.TensorSpec(s, tf.float32) for s in _SHAPES])
+    tff_state = tf.nest.map_structure(tf.convert_to_tensor, tff_state)  # as TFF passes it
+    hyperparameters = set(tff_optimizer.get_hparams(tff_state))
+    tff_step = tf.function(tff_optimizer.next)
+    tff_weights = [tf.constant(w) for w in initial]
+    for g in grads:
+        tff_state, tff_weights = tff_step(tff_state, tff_weights, [tf.constant(x) for x in g])
+
+    rule = server_rule(optimizer, lr)
+    native_state, native_weights = _native_steps(rule, grads, initial)
+
+    for n, t in zip(native_weights, tff_weights):
+        np.testing.assert_allclose(n, np.asarray(t), rtol=0, atol=1e-6)
+    assert not np.allclose(native_weights[0], initial[0])
+    # The slots: TFF's state keys less its hyper-parameters, with TFF's dtypes.
+    slots = set(tff_state) - hyperparameters
+    assert set(native_state) == slots == set(rule.slots())
+    assert rule.num_hyperparameters() == len(hyperparameters)
+    for slot in slots:
+        want = tf.nest.flatten(tff_state[slot])
+        have = tf.nest.flatten(native_state[slot])
+        assert len(have) == len(want), slot
+        for h, w in zip(have, want):
+            assert tf.convert_to_tensor(h).dtype == tf.convert_to_tensor(w).dtype, slot
+            np.testing.assert_allclose(np.asarray(h), np.asarray(w), rtol=1e-6, atol=1e-6)
+    if "step" in slots:
+        assert native_state["step"].dtype == tf.int32 and int(native_state["step"]) == 3
 
 
 def test_every_registered_name_resolves_to_its_class():
@@ -143,27 +226,27 @@ def test_unknown_name_lists_the_valid_ones():
     with pytest.raises(
         ServerOptimizerError, match=r"server_optimizer='lamb'.*\['sgd', 'adam', 'yogi', 'adagrad'\]"
     ):
-        get_server_optimizer("lamb", 1.0)
+        resolve_server_optimizer("lamb")
 
 
 @pytest.mark.parametrize("spec", [None, 3, object()])
 def test_wrong_spec_type_names_the_accepted_types(spec):
     message = r"name in \[.*or a ServerOptimizer \(ServerSGD"
     with pytest.raises(ServerOptimizerTypeError, match=message):
-        get_server_optimizer(spec, 1.0)
+        resolve_server_optimizer(spec)
 
 
 @pytest.mark.parametrize("lr", [0.0, -1.0, float("nan"), float("inf")])
 def test_rejects_a_non_positive_learning_rate(lr):
     message = r"`server_learning_rate` to be a positive float.*Received"
     with pytest.raises(ServerOptimizerError, match=message):
-        get_server_optimizer("sgd", lr)
+        check_server_learning_rate(lr)
 
 
 @pytest.mark.parametrize("lr", ["1.0", None, True])
 def test_rejects_a_learning_rate_that_is_not_a_number(lr):
     with pytest.raises(ServerOptimizerTypeError, match=r"server_learning_rate=.* of type"):
-        get_server_optimizer("sgd", lr)
+        check_server_learning_rate(lr)
 
 
 @pytest.mark.parametrize(

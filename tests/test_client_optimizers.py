@@ -1,6 +1,12 @@
-"""The TFF client optimizer takes the same steps as the compiled Keras optimizer."""
+"""The TFF client optimizer takes the same steps as the compiled Keras optimizer.
+
+(The native engine's rules are checked on the same cases in test_native_optimizers.py.)
+"""
 
 from __future__ import annotations
+
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -17,94 +23,79 @@ from kerasfed.federated.client_optimizers import (  # noqa: E402
     ClientOptimizerTypeError,
     client_optimizer_from_keras,
 )
+from kerasfed.federated.engines.tff.optimizers import tff_client_optimizer  # noqa: E402
 
-_STEPS = 6
-_RNG = np.random.default_rng(0)
-_INITIAL = [_RNG.normal(size=(3,)).astype(np.float32), _RNG.normal(size=(2, 2)).astype(np.float32)]
-_TARGET = [_RNG.normal(size=(3,)).astype(np.float32), _RNG.normal(size=(2, 2)).astype(np.float32)]
-_SCALE = [np.array([0.1, 1.0, 5.0], np.float32), np.array([[2.0, 0.5], [0.01, 3.0]], np.float32)]
-
-
-def _loss(weights):
-    # A badly conditioned quartic: gradients of very different sizes per coordinate,
-    # so that epsilon, momentum and the second-moment terms all matter.
-    return sum(
-        tf.reduce_sum(s * (w - t) ** 2 + 0.1 * (w - t) ** 4)
-        for w, t, s in zip(weights, _TARGET, _SCALE)
-    )
-
-
-def _gradients(weights):
-    with tf.GradientTape() as tape:
-        tape.watch(weights)
-        loss = _loss(weights)
-    return tape.gradient(loss, weights)
-
-
-def _keras_steps(optimizer) -> list[np.ndarray]:
-    variables = [tf.Variable(w) for w in _INITIAL]
-    for _ in range(_STEPS):
-        optimizer.apply_gradients(zip(_gradients(variables), variables))
-    return [v.numpy() for v in variables]
+sys.path.insert(0, str(Path(__file__).parent / "scripts"))
+from optimizer_cases import (  # noqa: E402  (shared with test_native_optimizers.py)
+    INITIAL,
+    MATCHING,
+    STEPS,
+    assert_close_to_keras,
+    gradients,
+    keras_steps,
+)
+from optimizer_cases import config as _config  # noqa: E402
 
 
 def _tff_steps(optimizer) -> list[np.ndarray]:
-    weights = [tf.constant(w) for w in _INITIAL]
-    state = optimizer.initialize([tf.TensorSpec(w.shape, tf.float32) for w in _INITIAL])
+    weights = [tf.constant(w) for w in INITIAL]
+    state = optimizer.initialize([tf.TensorSpec(w.shape, tf.float32) for w in INITIAL])
     state = tf.nest.map_structure(tf.convert_to_tensor, state)  # as TFF passes it
 
     @tf.function  # TFF runs client optimizers inside graphs
     def step(state, weights):
-        return optimizer.next(state, weights, _gradients(weights))
+        return optimizer.next(state, weights, gradients(weights))
 
-    for _ in range(_STEPS):
+    for _ in range(STEPS):
         state, weights = step(state, weights)
     return [np.asarray(w) for w in weights]
 
 
-def _config(optimizer) -> dict:
-    return {"class_name": type(optimizer).__name__, "config": optimizer.get_config()}
-
-
-_MATCHING = {
-    "sgd": lambda: keras.optimizers.SGD(0.05),
-    "sgd_momentum": lambda: keras.optimizers.SGD(0.05, momentum=0.9),
-    "sgd_nesterov": lambda: keras.optimizers.SGD(0.05, momentum=0.9, nesterov=True),
-    "sgd_nesterov_no_momentum": lambda: keras.optimizers.SGD(0.05, nesterov=True),
-    "adam": lambda: keras.optimizers.Adam(0.05),
-    "adam_params": lambda: keras.optimizers.Adam(0.05, beta_1=0.8, beta_2=0.95, epsilon=1e-3),
-    "adam_weight_decay": lambda: keras.optimizers.Adam(0.05, weight_decay=0.2),
-    "adamw": lambda: keras.optimizers.AdamW(0.05, weight_decay=0.2, beta_2=0.9),
-    "adagrad": lambda: keras.optimizers.Adagrad(0.1),
-    "adagrad_params": lambda: keras.optimizers.Adagrad(
-        0.1, initial_accumulator_value=0.01, epsilon=1e-2
-    ),
-    "rmsprop": lambda: keras.optimizers.RMSprop(0.01),
-    "rmsprop_epsilon": lambda: keras.optimizers.RMSprop(0.01, epsilon=0.1),
-    "rmsprop_momentum": lambda: keras.optimizers.RMSprop(0.01, momentum=0.9),
-    "rmsprop_centered": lambda: keras.optimizers.RMSprop(0.01, centered=True),
-    "rmsprop_all": lambda: keras.optimizers.RMSprop(
-        0.01, rho=0.8, momentum=0.5, epsilon=1e-3, centered=True
-    ),
-    "legacy_sgd_nesterov": lambda: keras.optimizers.legacy.SGD(0.05, momentum=0.9, nesterov=True),
-    "legacy_adam": lambda: keras.optimizers.legacy.Adam(0.05),
-    "legacy_rmsprop": lambda: keras.optimizers.legacy.RMSprop(0.01, momentum=0.5, centered=True),
-}
-
-
-@pytest.mark.parametrize("make", _MATCHING.values(), ids=_MATCHING.keys())
+@pytest.mark.parametrize("make", MATCHING.values(), ids=MATCHING.keys())
 def test_tff_optimizer_takes_the_keras_steps(make):
-    expected = _keras_steps(make())
-    got = _tff_steps(client_optimizer_from_keras(_config(make())))
-    assert not np.allclose(expected[0], _INITIAL[0])  # the optimizer did move
-    # float32 rounding in a different order drifts by ~3e-5 over 6 Adam steps; a
-    # different rule (e.g. epsilon outside the square root) is far above this.
-    for g, e in zip(got, expected):
-        np.testing.assert_allclose(g, e, rtol=1e-4, atol=1e-6)
+    expected = keras_steps(make())
+    got = _tff_steps(tff_client_optimizer(client_optimizer_from_keras(_config(make()))))
+    assert_close_to_keras(got, expected)
+
+
+@pytest.mark.parametrize("make", MATCHING.values(), ids=MATCHING.keys())
+def test_native_rule_keeps_tffs_state_slots(make):
+    # Mime-lite's server keeps the client optimizer's state; checkpoints carry it
+    # between the engines under TFF's slot names, so the native rule's slots must be
+    # TFF's state keys (less its hyper-parameters), with the same dtypes and values.
+    # (That the native rule takes the Keras steps: test_native_optimizers.py.)
+    from kerasfed.federated.engines.native.optimizers import client_rule  # noqa: PLC0415
+
+    spec = client_optimizer_from_keras(_config(make()))
+    optimizer, rule = tff_client_optimizer(spec), client_rule(spec)
+    tff_state = optimizer.initialize([tf.TensorSpec(w.shape, tf.float32) for w in INITIAL])
+    tff_state = tf.nest.map_structure(tf.convert_to_tensor, tff_state)
+    hyperparameters = set(optimizer.get_hparams(tff_state))
+    tff_weights = native_weights = [tf.constant(w) for w in INITIAL]
+    native_state = rule.init(native_weights)
+    tff_step, native_step = tf.function(optimizer.next), tf.function(rule.step)
+    # Gradients that do not depend on the weights, so float32 rounding cannot feed
+    # back through the loss.
+    rng = np.random.default_rng(3)
+    for _ in range(3):
+        grads = [tf.constant(rng.normal(size=w.shape).astype(np.float32)) for w in INITIAL]
+        tff_state, tff_weights = tff_step(tff_state, tff_weights, grads)
+        native_state, native_weights = native_step(native_state, native_weights, grads)
+    for n, t in zip(native_weights, tff_weights):
+        np.testing.assert_allclose(np.asarray(n), np.asarray(t), rtol=1e-5, atol=1e-6)
+    slots = set(tff_state) - hyperparameters
+    assert set(native_state) == slots == set(rule.slots())
+    assert rule.num_hyperparameters() == len(hyperparameters)
+    for slot in slots:
+        want, have = tf.nest.flatten(tff_state[slot]), tf.nest.flatten(native_state[slot])
+        assert len(have) == len(want), slot
+        for h, w in zip(have, want):
+            assert h.dtype == tf.convert_to_tensor(w).dtype, slot
+            np.testing.assert_allclose(np.asarray(h), np.asarray(w), rtol=1e-5, atol=1e-6)
 
 
 def test_every_supported_name_is_covered():
-    covered = {type(make()).__name__ for make in _MATCHING.values()}
+    covered = {type(make()).__name__ for make in MATCHING.values()}
     assert covered == set(SUPPORTED_KERAS_OPTIMIZERS)
 
 

@@ -24,8 +24,8 @@ tff = pytest.importorskip("tensorflow_federated")
 
 import tensorflow as tf  # noqa: E402
 
-from kerasfed.federated import runtime  # noqa: E402
-from kerasfed.federated.runtime import (  # noqa: E402
+from kerasfed.federated.engines.tff import runtime  # noqa: E402
+from kerasfed.federated.engines.tff.runtime import (  # noqa: E402
     RuntimeInfo,
     WorkerDiedError,
     WorkerStartError,
@@ -115,7 +115,6 @@ def _child(mode: str, quiet: bool, stderr=subprocess.PIPE) -> subprocess.Popen:
 
 def test_fedavg_matches_numpy_and_the_worker_ends_with_the_block(fedavg, no_process_left_behind):
     with federated_runtime(max_concurrent_clients=2) as info:
-        assert info.kind == "worker_process"
         assert re.fullmatch(r"127\.0\.0\.1:\d+", info.address)
         cmdline = _proc_text(info.pid, "cmdline")
         assert cmdline[0].endswith("tensorflow_federated/data/worker_binary")
@@ -312,6 +311,6 @@ def test_a_verbose_worker_logs_to_stderr_and_nothing_outlives_a_normal_exit():
 
 
 def test_runtime_info_is_a_frozen_record():
-    info = RuntimeInfo(kind="worker_process", address="127.0.0.1:1", pid=1)
+    info = RuntimeInfo(address="127.0.0.1:1", pid=1)
     with pytest.raises(AttributeError):
         info.pid = 2  # type: ignore[misc]

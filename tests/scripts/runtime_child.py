@@ -19,7 +19,7 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_federated as tff
 
-from kerasfed.federated.runtime import federated_runtime
+from kerasfed.federated.engines.tff.runtime import federated_runtime
 
 
 def main(mode: str, quiet: bool) -> None:

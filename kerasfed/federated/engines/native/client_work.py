@@ -29,6 +29,8 @@ from typing import Any
 
 import tensorflow as tf
 
+from kerasfed.federated.engines.native.forward import match_rank
+
 
 def _where(active, new, old):
     return tf.nest.map_structure(lambda n, o: tf.where(active, n, o), new, old)
@@ -61,6 +63,7 @@ class ClientWork:
 
     # -- metrics ---------------------------------------------------------------------
     def _update_metrics(self, y, pred, weight):
+        y = match_rank(y, pred)
         for metric in self.metrics:
             metric.update_state(y, pred, sample_weight=weight)
 

@@ -241,6 +241,7 @@ class NativeEngine(Engine):
     # -- evaluation ---------------------------------------------------------------
     def _evaluate_batch_fn(self, x, y):
         pred = self._model(x, training=False)
+        y = fwd.match_rank(y, pred)
         per = self._loss(y, pred)
         for metric in self._eval_metrics:
             metric.update_state(y, pred)

@@ -21,6 +21,7 @@ Both return the same things, so the client-training code above them is one.
 from __future__ import annotations
 
 import contextlib
+import inspect
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
@@ -55,6 +56,14 @@ def layer_classes(model: keras.Model) -> list[str]:
     return names
 
 
+def match_rank(y_true: tf.Tensor, y_pred: tf.Tensor) -> tf.Tensor:
+    """Labels of shape [B] against predictions [B, k] become [B, 1], as Keras'
+    ``compile`` losses and metrics see them (``match_dtype_and_rank``)."""
+    if y_true.shape.rank == 1 and y_pred.shape.rank == 2:
+        return tf.expand_dims(y_true, -1)
+    return y_true
+
+
 def batch_loss_fn(loss: Any) -> Callable[[tf.Tensor, tf.Tensor, tf.Tensor], tf.Tensor]:
     """``(y, pred, mask) -> (sum of per-example loss over real rows, elements per example)``.
 
@@ -65,6 +74,7 @@ def batch_loss_fn(loss: Any) -> Callable[[tf.Tensor, tf.Tensor, tf.Tensor], tf.T
     """
 
     def per_example(y_true, y_pred, mask):
+        y_true = match_rank(y_true, y_pred)
         values = loss(y_true, y_pred, sample_weight=mask)
         elements = tf.cast(tf.size(values), values.dtype) / tf.cast(
             tf.maximum(tf.shape(y_pred)[0], 1), values.dtype
@@ -87,6 +97,7 @@ class StatelessForward:
         # variables (not among `weights`); they ride along unchanged.
         self.non_trainable = list(model.non_trainable_variables)
         self._slots = None if KERAS_3 else _weight_attributes(model)
+        self._call_takes_training = "training" in inspect.signature(model.call).parameters
 
     @classmethod
     def supported(cls, model: keras.Model) -> str | None:
@@ -126,8 +137,11 @@ class StatelessForward:
 
     def call(self, params, state, x, *, training: bool):
         if KERAS_3:
+            # stateless_call hands `training` to `call` as is; a subclassed model's
+            # `call` may not take it (Model.__call__ would drop it).
+            kwargs = {"training": training} if self._call_takes_training else {}
             pred, new_state, losses = self.model.stateless_call(
-                list(params), list(state), x, training=training, return_losses=True
+                list(params), list(state), x, return_losses=True, **kwargs
             )
             reg = tf.add_n(losses) if losses else tf.zeros((), pred.dtype)
             return pred, list(new_state), reg

@@ -21,6 +21,7 @@ import pytest
 
 from conftest import wait_for_no_processes
 from kerasfed.federated import checkpoint as ckpt
+from kerasfed.federated.engines.base import NeutralState
 from kerasfed.federated.fit import fit_federated
 
 pytestmark = pytest.mark.federated
@@ -39,9 +40,12 @@ def _checkpoint(**overrides) -> ckpt.Checkpoint:
         seed=11,
         fingerprint={"algorithm": "FedAvg(weighted=True)", "batch_size": "4"},
         round_logs=[{"loss": 1.5, "num_examples": 9}, {"loss": 1.25, "val_loss": float("nan")}],
-        state=[np.arange(6, dtype=np.float32).reshape(2, 3), np.array(0.5, np.float32),
-               np.array([1, 2], np.int64)],
-        weights=[np.ones((2, 2), np.float32)],
+        state=NeutralState(
+            weights=[np.ones((2, 2), np.float32), np.array([1, 2], np.int64)],
+            optimizer={"step": [np.array(3, np.int32)],
+                       "accumulator": [np.arange(6, dtype=np.float32).reshape(2, 3)]},
+            algorithm={"preconditioner": [np.array(0.5, np.float32), np.zeros(2, np.float32)]},
+        ),
     )
     fields.update(overrides)
     return ckpt.Checkpoint(**fields)
@@ -58,7 +62,15 @@ def test_save_and_load_round_trip(tmp_path):
     assert (loaded.rounds_completed, loaded.seed, loaded.fingerprint) == (3, 11, saved.fingerprint)
     assert loaded.round_logs[0] == saved.round_logs[0]
     assert np.isnan(loaded.round_logs[1]["val_loss"])
-    for a, b in zip(loaded.state + loaded.weights, saved.state + saved.weights):
+    assert len(loaded.state.weights) == len(saved.state.weights)
+    for group in ("optimizer", "algorithm"):
+        loaded_slots, saved_slots = getattr(loaded.state, group), getattr(saved.state, group)
+        assert {k: len(v) for k, v in loaded_slots.items()} == {k: len(v) for k, v in saved_slots.items()}
+    pairs = [*zip(loaded.state.weights, saved.state.weights)]
+    for group in ("optimizer", "algorithm"):
+        for slot, values in getattr(saved.state, group).items():
+            pairs += zip(getattr(loaded.state, group)[slot], values)
+    for a, b in pairs:
         assert a.dtype == b.dtype and a.shape == b.shape
         np.testing.assert_array_equal(a, b)
 
@@ -140,13 +152,13 @@ def test_resumed_training_equals_uninterrupted(uninterrupted, resumed_dir):
     np.testing.assert_allclose(second.history["loss"], history["loss"], rtol=1e-6)
     saved = ckpt.load_checkpoint(directory)
     assert saved.rounds_completed == ROUNDS and saved.seed == fed_resume.FIT_KWARGS["seed"]
-    _assert_weights_equal(saved.weights, weights)
+    _assert_weights_equal(saved.state.weights, weights)
 
 
 def test_finished_checkpoint_returns_its_result_without_training(resumed_dir, monkeypatch):
-    import kerasfed.federated.runtime as runtime  # noqa: PLC0415
+    import kerasfed.federated.engines.tff.engine as tff_engine  # noqa: PLC0415
 
-    monkeypatch.setattr(runtime, "federated_runtime", lambda **kw: pytest.fail("TFF started"))
+    monkeypatch.setattr(tff_engine, "federated_runtime", lambda **kw: pytest.fail("TFF started"))
     directory, _, second, trained = resumed_dir
     model, clients = fed_resume.make_problem()
     again = fit_federated(model, clients, checkpoint_dir=directory, **fed_resume.FIT_KWARGS)
@@ -160,6 +172,7 @@ def test_finished_checkpoint_returns_its_result_without_training(resumed_dir, mo
         ({"algorithm": "fedprox"}, "algorithm: checkpoint has 'FedAvg"),
         ({"batch_size": 5}, "batch_size: checkpoint has '4', this call has '5'"),
         ({"seed": 8}, "seed: checkpoint has 7, this call has 8"),
+        ({"shuffle": False}, "shuffle: checkpoint has 'True', this call has 'False'"),
         ({"rounds": 3}, "already holds 5 completed rounds, more than rounds=3"),
     ],
 )
@@ -175,6 +188,33 @@ def test_other_clients_are_refused(resumed_dir):
     clients.pop("client_5")
     with pytest.raises(ckpt.CheckpointMismatchError, match="clients: checkpoint has '6 clients"):
         fit_federated(model, clients, checkpoint_dir=resumed_dir[0], **fed_resume.FIT_KWARGS)
+
+
+def test_mime_lite_resume_keeps_the_global_client_optimizer_state(tmp_path):
+    # Mime-lite's server keeps a global state of the client optimizer; RMSprop's
+    # slots (kerasfed's own TFF rule) have other names than Adam's or SGD's.
+    from kerasfed._compat import keras  # noqa: PLC0415
+
+    def problem():
+        model, clients = fed_resume.make_problem()
+        model.compile(
+            optimizer=keras.optimizers.RMSprop(0.01, momentum=0.5, centered=True),
+            loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        )
+        return model, clients
+
+    kwargs = dict(fed_resume.FIT_KWARGS, rounds=3, algorithm="mime")
+    model, clients = problem()
+    fit_federated(model, clients, **kwargs)
+    uninterrupted = model.get_weights()
+    model, clients = problem()
+    fit_federated(model, clients, checkpoint_dir=tmp_path, **dict(kwargs, rounds=1))
+    saved = ckpt.load_checkpoint(tmp_path).state.algorithm
+    assert set(saved) == {"velocity", "momentum_accumulator", "average_gradient"}
+    assert all(len(v) == len(uninterrupted) for v in saved.values())
+    model, clients = problem()
+    fit_federated(model, clients, checkpoint_dir=tmp_path, **kwargs)
+    _assert_weights_equal(model.get_weights(), uninterrupted)
 
 
 def _lines(stream) -> queue.Queue:

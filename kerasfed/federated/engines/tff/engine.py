@@ -38,9 +38,12 @@ from kerasfed.federated.engines.tff.optimizers import tff_client_optimizer, tff_
 from kerasfed.federated.engines.tff.payload import round_payload_bytes
 from kerasfed.federated.engines.tff.runtime import federated_runtime
 
-# Optimizer state entries that are hyper-parameters, not state: the neutral form
-# leaves them out (they are the training's settings, fingerprinted).
-_SLOT_KEYS = ("step", "accumulator", "preconditioner")
+# The optimizer state entries that are state; the others are hyper-parameters,
+# which the neutral form leaves out (they are the training's settings,
+# fingerprinted). RMSprop's slots are those of kerasfed's own rule (keras_rules.py),
+# which Mime-lite keeps as its global client optimizer state.
+_SLOT_KEYS = ("step", "accumulator", "preconditioner",
+              "velocity", "momentum_accumulator", "average_gradient")
 
 
 class TffEngine(Engine):

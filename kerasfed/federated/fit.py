@@ -224,6 +224,8 @@ def _start_engine(plan: Plan) -> tuple[Any, Any]:
         element_spec=plan.clients.element_spec,
         federated_evaluation=plan.eval_clients is not None,
         max_parallel_clients=plan.max_parallel_clients,
+        largest_client=max(plan.clients.num_examples(c) for c in plan.clients.client_ids),
+        local_epochs=plan.local_epochs,
     )
     engine = make_engine(plan.engine, setup)
     try:

@@ -88,6 +88,9 @@ class EngineSetup:
       element_spec: ``(x, y)`` ``tf.TensorSpec`` of a batch.
       federated_evaluation: Whether ``evaluate`` will be called.
       max_parallel_clients: Clients trained at once (native engine), or None.
+      largest_client: The number of examples of the largest client of the run
+        (the native engine pads every round to it, so it compiles once).
+      local_epochs: The clients' local epochs.
     """
 
     model: Any
@@ -101,6 +104,8 @@ class EngineSetup:
     element_spec: tuple
     federated_evaluation: bool
     max_parallel_clients: int | None = None
+    largest_client: int = 0
+    local_epochs: int = 1
 
 
 class Engine(abc.ABC):

@@ -51,13 +51,17 @@ class ClientWork:
     """
 
     def __init__(self, forward, rule, *, kind: str, mu: float, metrics: list, lockstep: bool,
-                 jit_compile: bool):
+                 jit_compile: bool, padded: bool = False):
         self.forward = forward
         self.rule = rule
         self.kind = kind
         self.mu = mu
         self.metrics = metrics
         self.lockstep = lockstep
+        # The sequential form cuts each batch at its real size, unless `padded`:
+        # then every batch has `batch_size` rows and a mask, so that shapes are
+        # static and XLA can compile the loop (per-example models only).
+        self.padded = padded
         body = self._lockstep if lockstep else self._sequential
         self.run = tf.function(body, jit_compile=jit_compile, reduce_retracing=True)
 
@@ -167,6 +171,10 @@ class ClientWork:
             seen = tf.zeros((), tf.float32)
 
             def batch(s):
+                if self.padded:
+                    idx = batches[c, s]
+                    mask = tf.sequence_mask(counts[c, s], tf.shape(idx)[0], dtype=tf.float32)
+                    return tf.gather(xc, idx), tf.gather(yc, idx), mask
                 n = tf.cast(counts[c, s], tf.int32)
                 idx = batches[c, s, :n]
                 return tf.gather(xc, idx), tf.gather(yc, idx), tf.ones([n], tf.float32)

@@ -86,7 +86,8 @@ class NativeEngine(Engine):
             forward = fwd.VariableForward(self._model, self._loss)
         return ClientWork(
             forward, self._client_rule, kind=self._kind, mu=self._mu, metrics=self._metrics,
-            lockstep=lockstep, jit_compile=form == "lockstep+xla",
+            lockstep=lockstep, jit_compile=form.endswith("+xla"),
+            padded=form == "sequential+xla",
         )
 
     def describe(self) -> str:
@@ -154,6 +155,8 @@ class NativeEngine(Engine):
             feature_dtype=self._x_spec.dtype.as_numpy_dtype,
             label_shape=tuple(self._y_spec.shape[1:]),
             label_dtype=self._y_spec.dtype.as_numpy_dtype,
+            min_rows=self._setup.largest_client,
+            min_steps=self._setup.local_epochs * -(-self._setup.largest_client // self._batch_size),
         )
         real = np.zeros(slots, np.float32)
         real[: packed.real_clients] = 1.0
@@ -291,7 +294,8 @@ class NativeEngine(Engine):
         return to_client, from_client
 
 
-_FALLBACK = {"lockstep+xla": "lockstep", "lockstep": "sequential"}
+_FALLBACK = {"lockstep+xla": "lockstep", "lockstep": "sequential",
+             "sequential+xla": "sequential"}
 
 
 def _choose_form(model, requested: str | None) -> tuple[str, str]:

@@ -5,8 +5,9 @@ examples are padded to the chunk's longest client (``x``: [C, rows, ...]); its
 batches become rows of example indices (``batches``: [C, steps, batch_size])
 with the number of real examples in each (``counts``: [C, steps]). A client
 with fewer steps has trailing steps of count 0, which change nothing. The row
-and step counts are rounded up to a few sizes (``bucket``) so that rounds of
-different clients reuse the same traced and compiled computation.
+and step counts are those of the run's largest client (or, when a chunk holds
+a larger one, rounded up to a few sizes by ``bucket``), so that every round
+reuses the same traced and compiled computation.
 """
 
 from __future__ import annotations
@@ -40,13 +41,14 @@ class PackedChunk:
 def pack_chunk(
     clients: Sequence[ClientRound], *, batch_size: int, num_slots: int,
     feature_shape: tuple, feature_dtype: np.dtype, label_shape: tuple, label_dtype: np.dtype,
+    min_rows: int = 0, min_steps: int = 0,
 ) -> PackedChunk:
-    """Packs ``clients`` (at most ``num_slots``) into ``num_slots`` padded slots."""
-    rows = bucket(max(len(c.x) for c in clients))
-    steps_of = [
-        c.order.shape[0] * math.ceil(c.order.shape[1] / batch_size) for c in clients
-    ]
-    steps = bucket(max(steps_of))
+    """Packs ``clients`` (at most ``num_slots``) into ``num_slots`` padded slots,
+    with at least ``min_rows`` rows and ``min_steps`` steps."""
+    rows = max(len(c.x) for c in clients)
+    rows = min_rows if rows <= min_rows else bucket(rows)
+    steps = max(c.order.shape[0] * math.ceil(c.order.shape[1] / batch_size) for c in clients)
+    steps = min_steps if steps <= min_steps else bucket(steps)
     x = np.zeros((num_slots, rows, *feature_shape), feature_dtype)
     y = np.zeros((num_slots, rows, *label_shape), label_dtype)
     batches = np.zeros((num_slots, steps, batch_size), np.int32)

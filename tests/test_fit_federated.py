@@ -203,6 +203,9 @@ def test_history_has_one_value_per_round_and_evaluations_per_evaluate_every(digi
         assert len(h[key]) == DIGITS_ROUNDS // DIGITS_EVERY, key
     assert digits_run["history"].epoch == list(range(DIGITS_ROUNDS))
     assert digits_run["history"].params["seed"] == DIGITS_SEED
+    # engine="auto" is the TFF engine where TFF is installed.
+    assert digits_run["history"].params["engine"] == "tff"
+    assert digits_run["history"].params["engine_form"].startswith("TFF engine")
     assert all(s > 0 for s in h["round_seconds"])
 
 
@@ -286,8 +289,10 @@ def test_verbose_output(capfd, verbose):
     fit_federated(_tiny_model(), _tiny_clients(), rounds=2, seed=0, verbose=verbose)
     out, err = capfd.readouterr()
     assert "tensorflow/core/grappler" not in err  # TF's native INFO logs are dropped
+    # One line first says which engine runs the rounds (the default here: TFF).
+    assert out.startswith("fit_federated: TFF engine")
     if verbose == 2:
-        lines = out.strip().splitlines()
+        lines = out.strip().splitlines()[1:]
         assert [line.split(" - ")[0] for line in lines] == ["Round 1/2", "Round 2/2"]
         assert "loss: " in lines[0] and "accuracy: " in lines[0]
     else:

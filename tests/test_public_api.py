@@ -19,6 +19,11 @@ PUBLIC = {
     "ClientDataError", "ClientDataTypeError", "FedAvg", "FedProx", "FedSGD", "MimeLite",
     "ServerSGD", "ServerAdam", "ServerYogi", "ServerAdagrad", "FederatedUnavailableError",
     "ModelError", "ModelTypeError",
+    "ENGINE_NAMES", "EngineError", "EngineTypeError", "FederatedArgumentError",
+    "FederatedArgumentTypeError", "AlgorithmError", "AlgorithmTypeError",
+    "ServerOptimizerError", "ServerOptimizerTypeError", "ClientOptimizerError",
+    "ClientOptimizerTypeError", "CheckpointError", "CheckpointMismatchError",
+    "VerboseError", "CallbacksTypeError",
 }
 
 
@@ -30,6 +35,10 @@ def test_public_names_are_pinned():
 def test_every_public_name_resolves(name):
     # Also in the TF 2.21 environment: the federated names import without TFF.
     assert getattr(kerasfed, name) is not None
+
+
+def test_engine_names():
+    assert kerasfed.ENGINE_NAMES == ("auto", "tff", "native")
 
 
 def test_unknown_name_is_an_attribute_error():

@@ -143,8 +143,17 @@ def test_fedsgd_over_all_clients_is_full_batch_gradient_descent():
     assert _max_diff(history.model.get_weights(), expected) < 1e-5
 
 
-def _listening_ports() -> set:
-    ports = set()
+def _listening_sockets_of_this_process() -> set:
+    """Inodes of the TCP sockets this process listens on (other processes' are not ours)."""
+    mine = set()
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            target = os.readlink(f"/proc/self/fd/{fd}")
+        except OSError:
+            continue
+        if target.startswith("socket:["):
+            mine.add(target[len("socket:["):-1])
+    listening = set()
     for table in ("/proc/net/tcp", "/proc/net/tcp6"):
         try:
             with open(table) as f:
@@ -153,23 +162,23 @@ def _listening_ports() -> set:
             continue
         for row in rows:
             parts = row.split()
-            if parts[3] == "0A":  # LISTEN
-                ports.add(int(parts[1].rsplit(":", 1)[1], 16))
-    return ports
+            if parts[3] == "0A" and parts[9] in mine:  # LISTEN, and one of our sockets
+                listening.add(parts[9])
+    return listening
 
 
 def test_a_native_run_starts_no_process_and_opens_no_socket(monkeypatch):
     def refuse(*args, **kwargs):
         raise AssertionError("the native engine started a process")
 
-    before = _listening_ports()
+    before = _listening_sockets_of_this_process()
     monkeypatch.setattr(subprocess.Popen, "__init__", refuse)
     monkeypatch.setattr(os, "fork", refuse)
     monkeypatch.setattr(socket.socket, "listen", refuse)
     history = kerasfed.fit_federated(_model(), _clients(), rounds=2, batch_size=8,
                                      engine="native", verbose=0)
     assert len(history.history["loss"]) == 2
-    assert _listening_ports() <= before
+    assert _listening_sockets_of_this_process() <= before
 
 
 def test_batchnorm_moving_statistics_are_averaged_over_clients():

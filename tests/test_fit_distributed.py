@@ -244,7 +244,7 @@ ARGUMENT_ERRORS = [
     ({"batch_size": 0}, FitArgumentError, "Expected `batch_size` .* Received: batch_size=0"),
     ({"batch_size": 2.5}, FitArgumentError, "batch_size=2.5 of type float"),
     ({"batch_size": True}, FitArgumentError, "Received: batch_size=True"),
-    ({"verbose": 3}, FitArgumentError, 'Expected `verbose` to be "auto", 0, 1 or 2'),
+    ({"verbose": 3}, FitArgumentError, r"^fit_distributed: expected `verbose` to be one of \['auto', 0, 1, 2\]"),
     ({"learning_rate": 0.1}, TypeError, r"unexpected keyword argument\(s\) \['learning_rate'\]"),
     ({"validation_split": 1.5}, FitArgumentError, r"`validation_split` to be a float in \[0, 1\)"),
     ({"shuffle": "yes"}, FitArgumentError, 'Expected `shuffle` to be True, False or "batch"'),

@@ -35,7 +35,9 @@ def _run(args: list[str], cwd: Path, timeout: float = 600) -> subprocess.Complet
 def test_demo_runs_both_parts_and_writes_the_plot(tmp_path):
     proc = _run([str(ROOT / "examples" / "demo.py"), "--epochs", "3", "--rounds", "3", "--out", str(tmp_path)], tmp_path)
     assert "replicas: 2" in proc.stdout
-    assert "test accuracy after 3 rounds" in proc.stdout
+    assert "native engine: test accuracy after 3 rounds" in proc.stdout
+    assert "tff engine: test accuracy after 3 rounds" in proc.stdout
+    assert "their accuracies differ by 0.0e+00" in proc.stdout
     png = tmp_path / "demo_accuracy.png"
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
@@ -60,7 +62,9 @@ def test_federated_mnist_script_reads_idx_files(tmp_path):
     assert "test accuracy:" in proc.stdout
 
 
-def test_notebook_runs_top_to_bottom(tmp_path):
+@pytest.mark.parametrize("engine", ["tff", "native"])
+def test_notebook_runs_top_to_bottom(tmp_path, monkeypatch, engine):
+    monkeypatch.setenv("KERASFED_ENGINE", engine)  # the notebook's ENGINE
     nbformat = pytest.importorskip("nbformat")
     nbclient = pytest.importorskip("nbclient")
     notebook = nbformat.read(ROOT / "examples" / "federated_digits.ipynb", as_version=4)

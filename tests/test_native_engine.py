@@ -126,12 +126,15 @@ def test_chunk_size_never_changes_the_result():
     assert all(np.isfinite(losses))
 
 
-def test_fedsgd_over_all_clients_is_full_batch_gradient_descent():
+@pytest.mark.parametrize(
+    "engine", ["native", pytest.param("tff", marks=[needs_tff, pytest.mark.federated])]
+)
+def test_fedsgd_over_all_clients_is_full_batch_gradient_descent(engine):
     clients = _clients()
     lr = 0.5
     history = kerasfed.fit_federated(
         _model(), clients, rounds=1, batch_size=8, algorithm="fedsgd",
-        server_learning_rate=lr, engine="native", verbose=0,
+        server_learning_rate=lr, engine=engine, verbose=0,
     )
     model = _model()
     x = np.concatenate([c[0] for c in clients.values()])

@@ -110,31 +110,22 @@ class ModelRecipe:
           ModelError: ``rebuild`` and the model's architecture cannot be serialized (a
             subclassed model without ``get_config``/``from_config``).
         """
-        if not rebuild:
-            try:
-                config = model.get_config()
-            except NotImplementedError:
-                config = {}
-            return cls(
-                model_class=model.__class__,
-                config=config,
-                weights=tuple(np.array(w) for w in model.get_weights()),
-                compile_config=model.get_compile_config() or {},
-                compile_args=_live_compile_args(model),
-            )
         try:
             config = model.get_config()
-            # Rebuilding is the only reliable check that the config is complete.
-            probe = model.__class__.from_config(copy.deepcopy(config))
+            if rebuild:
+                # Rebuilding is the only reliable check that the config is complete.
+                model.__class__.from_config(copy.deepcopy(config))
         except (NotImplementedError, TypeError, ValueError, KeyError) as err:
-            raise ModelError(
-                f"{caller}: cannot rebuild the model {model.name!r} of class "
-                f"{type(model).__name__} from its config ({type(err).__name__}: {err}). "
-                f"Subclassed models need `get_config()` and `from_config()`; or pass a "
-                f"zero-argument function that builds and compiles the model, or use a "
-                f"Sequential or functional model."
-            ) from err
-        del probe
+            if not rebuild:  # the native engine trains the model itself
+                config = {}
+            else:
+                raise ModelError(
+                    f"{caller}: cannot rebuild the model {model.name!r} of class "
+                    f"{type(model).__name__} from its config ({type(err).__name__}: {err}). "
+                    f"Subclassed models need `get_config()` and `from_config()`; or pass a "
+                    f"zero-argument function that builds and compiles the model, or use a "
+                    f"Sequential or functional model."
+                ) from err
         return cls(
             model_class=model.__class__,
             config=config,

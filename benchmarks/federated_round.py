@@ -33,15 +33,19 @@ that is turned off (`do_evaluation=False` on the training contexts).
 Printed per model: median seconds per round over the rounds after the first (which
 traces), ratio to TFF direct, seconds from the call to the end of round 1, GFLOP/s
 achieved and its share of this machine's float32 matmul peak (measured in the same
-run: a 2048x2048 tf.matmul chain in the Keras 3 environment), and the global
-model's loss and accuracy on 3,000 of the training examples after the last round,
-so that a contestant that does not train is visible (chance: loss 2.30, accuracy
-0.10). FLOPs per round are counted analytically: 6 x the forward multiply-adds of
-the Dense and Conv2D layers (forward 2 FLOPs per multiply-add, backward about twice
-the forward) x examples per round. For 20 x 300 examples: 2NN 7.16 GFLOP; CNN 441.8
-GFLOP with "same" padding (the issue's "about 150 GFLOP" is the "valid"-padding
-CNN of the paper's Keras ports: 153.6 GFLOP). Results are also written as JSON to
-out/federated_round_<time>.json.
+run: a 2048x2048 tf.matmul chain in the Keras 3 environment, before and after the
+contestants, the higher of the two), and the global model's loss and accuracy on
+3,000 of the training examples after the last round, so that a contestant that
+does not train is visible (chance: loss 2.30, accuracy 0.10). The scaling row's
+ratio to native_k3 is printed (goal: at most 5x the time for 5x the work); with
+--quick it rests on one timed round and is noise.
+
+FLOPs per round are counted analytically: 6 x the forward multiply-adds of the
+Dense and Conv2D layers (forward 2 FLOPs per multiply-add, backward about twice
+the forward) x examples per round. For 20 x 300 examples: 2NN 7.16 GFLOP; CNN
+441.8 GFLOP with "same" padding (the issue's "about 150 GFLOP" is the CNN with
+"valid" padding, as in the paper's Keras ports: 153.6 GFLOP). Results are also
+written as JSON to out/federated_round_<time>.json.
 
   python3 dev.py bench federated_round [--data-dir ../shared/data/mnist] [--rounds 8]
       [--models 2nn,cnn] [--contestants native_k3,tff_direct,...] [--quick] [--setup]
@@ -585,11 +589,10 @@ def main() -> None:
                            "cpus": os.cpu_count()},
               "results": {}}
     peak = run_child("matmul_peak", "none", args, log_dir)
-    report["matmul_peak"] = peak
-    peak_gflops = peak.get("gflops")
-    if peak_gflops:
-        print(f"float32 matmul peak ({MATMUL_N}x{MATMUL_N} tf.matmul chain, TF {peak['tensorflow']}): "
-              f"{peak_gflops:.1f} GFLOP/s", flush=True)
+    report["matmul_peak"] = {"before": peak}
+    if peak.get("gflops"):
+        print(f"float32 matmul peak ({MATMUL_N}x{MATMUL_N} tf.matmul chain, TF {peak['tensorflow']}), "
+              f"before the contestants: {peak['gflops']:.1f} GFLOP/s", flush=True)
     else:
         print(f"float32 matmul peak: not measured ({peak.get('skipped') or peak.get('error')})", flush=True)
     print(f"FedAvg, {NUM_CLIENTS} clients x {CLIENT_SIZE} examples (scaling row: {SCALED_CLIENTS}), E=1, "
@@ -600,8 +603,9 @@ def main() -> None:
               "collapses Keras 3 layers); first-round evaluation of every user turned off.")
     header = (f"{'model':5} {'contestant':14} {'s/round':>8} {'vs TFF':>7} {'GFLOP/s':>8} {'%peak':>6} "
               f"{'->r1 s':>7} {'loss':>6} {'acc':>6}  what")
+    runs = {}
     for model_name in models:
-        results = {}
+        results = runs[model_name] = {}
         for name in names:
             t0 = time.perf_counter()
             r = run_child(name, model_name, args, log_dir)
@@ -612,6 +616,16 @@ def main() -> None:
                 r["median_round_s"] = statistics.median(r["round_s"])
                 r["gflop_per_round"] = 6 * r["forward_macs_per_example"] * r["examples_per_round"] / 1e9
                 r["gflops"] = r["gflop_per_round"] / r["median_round_s"]
+    # Measured again after the contestants: on a shared machine other work can hold
+    # a measurement down; the higher of the two is the ceiling.
+    after = run_child("matmul_peak", "none", args, log_dir) if peak.get("gflops") else {}
+    report["matmul_peak"]["after"] = after
+    peak_gflops = max(peak.get("gflops", 0), after.get("gflops", 0)) or None
+    report["matmul_peak"]["gflops"] = peak_gflops
+    if peak_gflops:
+        print(f"float32 matmul peak after the contestants: {after.get('gflops', 0):.1f} GFLOP/s; "
+              f"%peak below is against {peak_gflops:.1f}", flush=True)
+    for model_name, results in runs.items():
         print(f"\n{header}", flush=True)
         for name, r in results.items():
             _print_row(model_name, name, r, results.get("tff_direct"), peak_gflops)
@@ -624,7 +638,7 @@ def main() -> None:
         base, scaled = results.get("native_k3", {}), results.get("native_k3_100", {})
         if "median_round_s" in base and "median_round_s" in scaled:
             ratio = scaled["median_round_s"] / base["median_round_s"]
-            report["results"][model_name]["scaling_100_vs_20"] = ratio
+            report.setdefault("scaling_100_vs_20", {})[model_name] = ratio
             print(f"  scaling: native (Keras 3) 100 clients/round vs 20: {ratio:.2f}x the time for 5x the "
                   f"work (goal <= 5x: {'met' if ratio <= 5 else 'NOT met'})", flush=True)
     OUT.mkdir(exist_ok=True)

@@ -337,3 +337,21 @@ def test_checkpoint_on_one_engine_resumes_on_the_other(tmp_path, first, second):
     uninterrupted = run(second, 4, None)
     assert len(resumed.history["loss"]) == 4
     assert _max_diff(resumed.model.get_weights(), uninterrupted.model.get_weights()) < 1e-5
+
+
+def test_label_format_comes_from_the_loss_object_not_its_name():
+    # A custom loss whose class name contains "Categorical" takes sparse labels here;
+    # a rule reading the name would refuse them as not one-hot.
+    class FocalCategoricalLoss(keras.losses.Loss):
+        def call(self, y_true, y_pred):
+            return keras.losses.sparse_categorical_crossentropy(y_true, y_pred)
+
+    model = _model()
+    model.compile(optimizer=keras.optimizers.SGD(0.1), loss=FocalCategoricalLoss())
+    history = kerasfed.fit_federated(model, _clients(), rounds=1, batch_size=8,
+                                     engine="native", verbose=0)
+    assert np.isfinite(history.history["loss"][0])
+    # Keras' own losses still check the labels: sparse labels against a one-hot loss.
+    model.compile(optimizer=keras.optimizers.SGD(0.1), loss="categorical_crossentropy")
+    with pytest.raises(kerasfed.ClientDataError, match="one-hot"):
+        kerasfed.fit_federated(model, _clients(), rounds=1, engine="native", verbose=0)

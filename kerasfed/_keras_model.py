@@ -165,9 +165,13 @@ class ModelRecipe:
         """A fresh loss object/function equal to the compiled one."""
         loss = self.compile_config.get("loss", self.compile_args.get("loss"))
         try:
-            return keras.losses.get(copy.deepcopy(loss))
+            rebuilt = keras.losses.get(copy.deepcopy(loss))
+            # Keras 2 may hand back an unregistered class's name instead of raising.
+            if callable(rebuilt):
+                return rebuilt
         except (TypeError, ValueError):
-            return _fresh(self.compile_args.get("loss"))
+            pass
+        return _fresh(self.compile_args.get("loss"))
 
 
 def _live_compile_args(model: "keras.Model") -> dict:

@@ -38,6 +38,10 @@ LOG = logging.getLogger("kerasfed")
 # The default chunk may use this share of the memory that is free at the start.
 _MEMORY_SHARE = 0.25
 _MAX_DEFAULT_CHUNK = 256
+# Lockstep chunks are memory-bound once the stacked weights outgrow the CPU's
+# caches: measured here on the 2NN (800 KB of weights per client), 100 clients
+# per round took 6.2x the time of 20 in one chunk and 4.7-5x in chunks of 20.
+_LOCKSTEP_CHUNK_BYTES = 16 << 20
 
 
 class NativeEngine(Engine):
@@ -136,7 +140,11 @@ class NativeEngine(Engine):
         """The chunk size: the user's, else what fits in a share of free memory."""
         if self._max_parallel is not None:
             return self._max_parallel
-        return default_parallel_clients(self._model, clients, self._batch_size)
+        size = default_parallel_clients(self._model, clients, self._batch_size)
+        if self.form.startswith("lockstep"):
+            weight_bytes = 4 * sum(int(np.prod(v.shape)) for v in self._trainable)
+            size = min(size, max(1, _LOCKSTEP_CHUNK_BYTES // max(weight_bytes, 1)))
+        return size
 
     def train_round(self, state: dict, clients: Sequence[ClientRound]) -> tuple[dict, RoundResult]:
         for metric in self._metrics:

@@ -201,6 +201,11 @@ def test_label_counts_against_bincount():
     np.testing.assert_array_equal(column.label_counts(4), expected)
 
 
+def test_label_counts_with_a_client_without_examples():
+    cd = ClientData({"a": (np.zeros((2, 3)), np.array([0, 2])), "empty": (np.zeros((0, 3)), np.zeros(0, np.int64))})
+    np.testing.assert_array_equal(cd.label_counts(3), [[1, 0, 1], [0, 0, 0]])
+
+
 def test_label_counts_errors():
     with pytest.raises(
         ClientDataError,

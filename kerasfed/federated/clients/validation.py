@@ -126,7 +126,8 @@ def _class_indices(cid: str, y: np.ndarray) -> np.ndarray:
     """Class index per example from sparse or one-hot labels."""
     if y.ndim == 2 and y.shape[1] > 1:
         return np.argmax(y, axis=1) if len(y) else np.zeros(0, np.int64)
-    flat = y.reshape(len(y), -1)
+    # reshape(0, -1) is ambiguous for a client without examples: give the width.
+    flat = y.reshape(len(y), int(np.prod(y.shape[1:], dtype=np.int64)))
     if flat.shape[1] != 1 or (y.dtype.kind == "f" and not np.array_equal(y, np.round(y))):
         raise ClientDataError(
             f"Client {cid!r}: labels of per-example shape {y.shape[1:]} and dtype "

@@ -77,7 +77,7 @@ class ClientWork:
         tile = lambda t: tf.repeat(tf.expand_dims(t, 0), num, axis=0)  # noqa: E731
         params0 = [tile(p) for p in params]
         state0 = [tile(s) for s in state]
-        zeros = tf.zeros([num], x.dtype if x.dtype.is_floating else tf.float32)
+        zeros = tf.zeros([num], tf.float32)
         out: dict[str, Any] = {}
 
         def gather(step):

@@ -355,3 +355,19 @@ def test_label_format_comes_from_the_loss_object_not_its_name():
     model.compile(optimizer=keras.optimizers.SGD(0.1), loss="categorical_crossentropy")
     with pytest.raises(kerasfed.ClientDataError, match="one-hot"):
         kerasfed.fit_federated(model, _clients(), rounds=1, engine="native", verbose=0)
+
+
+def test_dropout_trains_in_the_sequential_form_and_a_seed_repeats_the_run():
+    def run():
+        keras.utils.set_random_seed(1)
+        model = keras.Sequential([keras.Input((FEATURES,)), keras.layers.Dense(16, activation="relu"),
+                                  keras.layers.Dropout(0.5),
+                                  keras.layers.Dense(CLASSES, activation="softmax")])
+        model.compile(optimizer=keras.optimizers.SGD(0.1), loss="sparse_categorical_crossentropy")
+        return kerasfed.fit_federated(model, _clients((40, 60, 80)), rounds=3, batch_size=8,
+                                      seed=0, engine="native", verbose=0)
+
+    first, second = run(), run()
+    assert "sequential" in first.params["engine_form"]
+    assert first.history["loss"] == second.history["loss"]
+    assert first.history["loss"][-1] < first.history["loss"][0]

@@ -166,7 +166,10 @@ class ClientWork:
         for c in tf.range(num):
             n_steps = tf.reduce_sum(tf.cast(counts[c] > 0, tf.int32))
             xc, yc, weight = x[c], y[c], metric_mask[c]
-            st = list(state)
+            # Keras 3 keeps random layers' seed states among the non-trainable
+            # state (integers): offset them per client, so that clients draw
+            # different Dropout masks.
+            st = [t + tf.cast(c, t.dtype) if t.dtype.is_integer else t for t in state]
             loss_sum = tf.zeros((), tf.float32)
             seen = tf.zeros((), tf.float32)
 
@@ -194,8 +197,9 @@ class ClientWork:
                 gradient = [a / tf.maximum(seen, 1.0) for a in acc]
                 grad_ta = [ta.write(c, g) for ta, g in zip(grad_ta, gradient)]
             if kind in ("train", "mime"):
-                if kind == "mime":
-                    st, seen = list(state), tf.zeros((), tf.float32)
+                if kind == "mime":  # the training pass starts from the round's state again
+                    st = [t + tf.cast(c, t.dtype) if t.dtype.is_integer else t for t in state]
+                    seen = tf.zeros((), tf.float32)
                 p = list(params)
                 opt = rule.init(params)
                 for s in tf.range(n_steps):

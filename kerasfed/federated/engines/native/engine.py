@@ -233,7 +233,10 @@ class NativeEngine(Engine):
             if float(good_total) > 0:
                 new["non_trainable"] = [
                     _weighted_mean(s, good, good_total, finite)
-                    if s.dtype.is_floating and i is not None else g
+                    if s.dtype.is_floating and i is not None
+                    # A seed state moves on (the first client's), so that the next
+                    # round draws new random numbers.
+                    else s[0] if s.dtype.is_integer and i is None else g
                     for s, g, i in zip(out["state"], state["non_trainable"],
                                        self._non_trainable_pos)
                 ]

@@ -371,3 +371,14 @@ def test_dropout_trains_in_the_sequential_form_and_a_seed_repeats_the_run():
     assert "sequential" in first.params["engine_form"]
     assert first.history["loss"] == second.history["loss"]
     assert first.history["loss"][-1] < first.history["loss"][0]
+
+
+@needs_tff
+@pytest.mark.federated
+def test_max_parallel_clients_caps_the_tff_worker_without_changing_the_result():
+    def run(chunk):
+        return kerasfed.fit_federated(_model(), _clients((7, 23, 50, 12)), rounds=1,
+                                      batch_size=8, seed=3, engine="tff",
+                                      max_parallel_clients=chunk, verbose=0)
+
+    assert _max_diff(run(1).model.get_weights(), run(None).model.get_weights()) < 1e-6

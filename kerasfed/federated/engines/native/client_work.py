@@ -51,7 +51,7 @@ class ClientWork:
     """
 
     def __init__(self, forward, rule, *, kind: str, mu: float, metrics: list, lockstep: bool,
-                 jit_compile: bool, padded: bool = False):
+                 jit_compile: bool, padded: bool = False, in_flight: int = 1):
         self.forward = forward
         self.rule = rule
         self.kind = kind
@@ -62,6 +62,9 @@ class ClientWork:
         # then every batch has `batch_size` rows and a mask, so that shapes are
         # static and XLA can compile the loop (per-example models only).
         self.padded = padded
+        # Clients the sequential form trains at the same time (it needs a
+        # stateless forward pass: clients must not share variables).
+        self.in_flight = in_flight
         body = self._lockstep if lockstep else self._sequential
         self.run = tf.function(body, jit_compile=jit_compile, reduce_retracing=True)
 
@@ -156,22 +159,33 @@ class ClientWork:
 
     # -- sequential ------------------------------------------------------------------
     def _sequential(self, x, y, batches, counts, metric_mask, params, state, global_opt):
-        num = tf.shape(x)[0]
+        # `in_flight` clients train side by side in each loop iteration: their
+        # loops share nothing, so TensorFlow runs them at the same time, one core
+        # each (small convolutions use a second core poorly: measured 1.1x). The
+        # metric updates, the only stateful ops, wait until a client is done.
+        num, k = x.shape[0], self.in_flight
         rule, mu, kind = self.rule, self.mu, self.kind
         arrays = lambda ref: [  # noqa: E731
             tf.TensorArray(t.dtype, size=num, element_shape=t.shape) for t in ref]
         delta_ta, grad_ta, state_ta = arrays(params), arrays(params), arrays(state)
         loss_ta = tf.TensorArray(tf.float32, size=num)
         seen_ta = tf.TensorArray(tf.float32, size=num)
-        for c in tf.range(num):
+
+        pred_shape: list = []  # the model's output shape per example, seen while tracing
+
+        def one_client(c):
             n_steps = tf.reduce_sum(tf.cast(counts[c] > 0, tf.int32))
-            xc, yc, weight = x[c], y[c], metric_mask[c]
+            xc, yc = x[c], y[c]
             # Keras 3 keeps random layers' seed states among the non-trainable
             # state (integers): offset them per client, so that clients draw
             # different Dropout masks.
-            st = [t + tf.cast(c, t.dtype) if t.dtype.is_integer else t for t in state]
-            loss_sum = tf.zeros((), tf.float32)
+            start = [t + tf.cast(c, t.dtype) if t.dtype.is_integer else t for t in state]
             seen = tf.zeros((), tf.float32)
+            loss_sum = tf.zeros((), tf.float32)
+            seen_ys = tf.TensorArray(y.dtype, size=0, dynamic_size=True, infer_shape=False,
+                                     element_shape=tf.TensorShape([None]).concatenate(y.shape[2:]))
+            seen_preds = tf.TensorArray(tf.float32, size=0, dynamic_size=True, infer_shape=False)
+            out = {"pred_shape": pred_shape}
 
             def batch(s):
                 if self.padded:
@@ -182,6 +196,7 @@ class ClientWork:
                 idx = batches[c, s, :n]
                 return tf.gather(xc, idx), tf.gather(yc, idx), tf.ones([n], tf.float32)
 
+            st = start
             if kind in ("gradient", "mime"):
                 acc = [tf.zeros_like(p) for p in params]
                 for s in tf.range(n_steps):
@@ -193,13 +208,13 @@ class ClientWork:
                     seen += count
                     if kind == "gradient":
                         loss_sum += ls / elements
-                        self._update_metrics(yb, pred, mask * weight)
-                gradient = [a / tf.maximum(seen, 1.0) for a in acc]
-                grad_ta = [ta.write(c, g) for ta, g in zip(grad_ta, gradient)]
+                        seen_ys = seen_ys.write(s, yb)
+                        seen_preds = seen_preds.write(s, tf.cast(pred, tf.float32))
+                        pred_shape[:] = pred.shape[1:]
+                out["gradient"] = [a / tf.maximum(seen, 1.0) for a in acc]
             if kind in ("train", "mime"):
                 if kind == "mime":  # the training pass starts from the round's state again
-                    st = [t + tf.cast(c, t.dtype) if t.dtype.is_integer else t for t in state]
-                    seen = tf.zeros((), tf.float32)
+                    st, seen = start, tf.zeros((), tf.float32)
                 p = list(params)
                 opt = rule.init(params)
                 for s in tf.range(n_steps):
@@ -214,11 +229,36 @@ class ClientWork:
                         opt, p = rule.step(opt, p, grads)
                     loss_sum += ls / elements
                     seen += tf.reduce_sum(mask)
-                    self._update_metrics(yb, pred, mask * weight)
-                delta_ta = [ta.write(c, a - b) for ta, a, b in zip(delta_ta, p, params)]
-            state_ta = [ta.write(c, s) for ta, s in zip(state_ta, st)]
-            loss_ta = loss_ta.write(c, loss_sum)
-            seen_ta = seen_ta.write(c, seen)
+                    seen_ys = seen_ys.write(s, yb)
+                    seen_preds = seen_preds.write(s, tf.cast(pred, tf.float32))
+                    pred_shape[:] = pred.shape[1:]
+                out["delta"] = [a - b for a, b in zip(p, params)]
+            out.update(state=st, loss_sum=loss_sum, seen=seen, n_steps=n_steps,
+                       ys=seen_ys, preds=seen_preds)
+            return out
+
+        for g in tf.range(num // k):
+            done = [one_client(g * k + j) for j in range(k)]
+            for j, res in enumerate(done):
+                c = g * k + j
+                if res["n_steps"] > 0:
+                    # Padded batches' rows are masked out of the metrics by their
+                    # weight; real-size batches have no padding rows.
+                    ys, preds = res["ys"].concat(), res["preds"].concat()
+                    preds = tf.ensure_shape(preds, [None, *res["pred_shape"]])
+                    weight = tf.fill(tf.shape(ys)[:1], metric_mask[c])
+                    if self.padded:
+                        weight = weight * tf.reshape(
+                            tf.sequence_mask(counts[c, : res["n_steps"]], tf.shape(batches)[2],
+                                             dtype=tf.float32), [-1])
+                    self._update_metrics(ys, preds, weight)
+                if "gradient" in res:
+                    grad_ta = [ta.write(c, t) for ta, t in zip(grad_ta, res["gradient"])]
+                if "delta" in res:
+                    delta_ta = [ta.write(c, t) for ta, t in zip(delta_ta, res["delta"])]
+                state_ta = [ta.write(c, t) for ta, t in zip(state_ta, res["state"])]
+                loss_ta = loss_ta.write(c, res["loss_sum"])
+                seen_ta = seen_ta.write(c, res["seen"])
         out: dict[str, Any] = {"state": [ta.stack() for ta in state_ta],
                                "loss_sum": loss_ta.stack(), "examples": seen_ta.stack()}
         if kind in ("gradient", "mime"):

@@ -388,3 +388,31 @@ def test_max_parallel_clients_caps_the_tff_worker_without_changing_the_result():
                                       max_parallel_clients=chunk, verbose=0)
 
     assert _max_diff(run(1).model.get_weights(), run(None).model.get_weights()) < 1e-6
+
+
+def test_a_form_that_fails_to_build_falls_back_to_sequential(monkeypatch, caplog):
+    from kerasfed.federated.engines.native import client_work
+
+    def cannot_vectorize(self, *args):
+        raise ValueError("no pfor converter for this op")
+
+    monkeypatch.setattr(client_work.ClientWork, "_lockstep", cannot_vectorize)
+    clients = _clients()
+    model = _model()
+    engine = _engine(model, "lockstep+xla")
+    rounds = [ClientRound(c, x, y, np.arange(len(x))[None]) for c, (x, y) in clients.items()]
+    with caplog.at_level("WARNING", logger="kerasfed"):
+        state, _ = engine.train_round(engine.initial_state(model.get_weights()), rounds)
+    assert engine.form == "sequential"
+    assert "lockstep+xla failed" in caplog.text and "using sequential" in caplog.text
+    reference = _keras_fedavg(_model, clients, epochs=1, batch_size=8)
+    assert _max_diff(engine.get_weights(state), reference) < 1e-5
+
+
+def test_a_saved_state_that_does_not_fit_is_refused():
+    model = _model()
+    engine = _engine(model, "sequential")
+    neutral = engine.to_neutral(engine.initial_state(model.get_weights()))
+    neutral.weights[0] = neutral.weights[0][:, :3]
+    with pytest.raises(ValueError, match=r"weights\[0\] was saved with shape \(5, 3\)"):
+        engine.from_neutral(neutral)

@@ -32,10 +32,6 @@ import tensorflow as tf
 from kerasfed.federated.engines.native.forward import match_rank
 
 
-def _where(active, new, old):
-    return tf.nest.map_structure(lambda n, o: tf.where(active, n, o), new, old)
-
-
 class ClientWork:
     """Builds the compiled chunk function for one training configuration.
 
@@ -48,20 +44,17 @@ class ClientWork:
       metrics: The round's Keras metric objects, updated in place.
       lockstep: Which form.
       jit_compile: Compile with XLA.
+      in_flight: Clients the sequential form trains side by side.
     """
 
     def __init__(self, forward, rule, *, kind: str, mu: float, metrics: list, lockstep: bool,
-                 jit_compile: bool, padded: bool = False, in_flight: int = 1):
+                 jit_compile: bool, in_flight: int = 1):
         self.forward = forward
         self.rule = rule
         self.kind = kind
         self.mu = mu
         self.metrics = metrics
         self.lockstep = lockstep
-        # The sequential form cuts each batch at its real size, unless `padded`:
-        # then every batch has `batch_size` rows and a mask, so that shapes are
-        # static and XLA can compile the loop (per-example models only).
-        self.padded = padded
         # Clients the sequential form trains at the same time (it needs a
         # stateless forward pass: clients must not share variables).
         self.in_flight = in_flight
@@ -117,7 +110,7 @@ class ClientWork:
                                          flat(mask * metric_mask[:, None]))
                 seen += counts[:, s]
             denom = tf.maximum(seen, 1.0)
-            out["gradient"] = [a / _bcast_to(denom, a) for a in acc]
+            out["gradient"] = [a / _bcast(denom, a) for a in acc]
             out["state"] = st
             if self.kind == "gradient":
                 out["loss_sum"], out["examples"] = loss_sum, seen
@@ -188,10 +181,6 @@ class ClientWork:
             out = {"pred_shape": pred_shape}
 
             def batch(s):
-                if self.padded:
-                    idx = batches[c, s]
-                    mask = tf.sequence_mask(counts[c, s], tf.shape(idx)[0], dtype=tf.float32)
-                    return tf.gather(xc, idx), tf.gather(yc, idx), mask
                 n = tf.cast(counts[c, s], tf.int32)
                 idx = batches[c, s, :n]
                 return tf.gather(xc, idx), tf.gather(yc, idx), tf.ones([n], tf.float32)
@@ -242,15 +231,9 @@ class ClientWork:
             for j, res in enumerate(done):
                 c = g * k + j
                 if res["n_steps"] > 0:
-                    # Padded batches' rows are masked out of the metrics by their
-                    # weight; real-size batches have no padding rows.
                     ys, preds = res["ys"].concat(), res["preds"].concat()
                     preds = tf.ensure_shape(preds, [None, *res["pred_shape"]])
                     weight = tf.fill(tf.shape(ys)[:1], metric_mask[c])
-                    if self.padded:
-                        weight = weight * tf.reshape(
-                            tf.sequence_mask(counts[c, : res["n_steps"]], tf.shape(batches)[2],
-                                             dtype=tf.float32), [-1])
                     self._update_metrics(ys, preds, weight)
                 if "gradient" in res:
                     grad_ta = [ta.write(c, t) for ta, t in zip(grad_ta, res["gradient"])]
@@ -268,10 +251,6 @@ class ClientWork:
         return out
 
 
-def _bcast(active, like):
-    """``active`` ([C] bool) reshaped to broadcast against ``like`` ([C, ...])."""
-    return tf.reshape(active, tf.concat([[-1], tf.ones([tf.rank(like) - 1], tf.int32)], 0))
-
-
-def _bcast_to(values, like):
+def _bcast(values, like):
+    """``values`` ([C]) reshaped to broadcast against ``like`` ([C, ...])."""
     return tf.reshape(values, tf.concat([[-1], tf.ones([tf.rank(like) - 1], tf.int32)], 0))

@@ -67,7 +67,6 @@ class NativeEngine(Engine):
         model = setup.model
         self._setup = setup
         self._model = model
-        self._algorithm = setup.algorithm
         self._batch_size = setup.batch_size
         self._weighted = setup.algorithm.weighted
         self._kind = (
@@ -106,7 +105,6 @@ class NativeEngine(Engine):
         return ClientWork(
             forward, self._client_rule, kind=self._kind, mu=self._mu, metrics=self._metrics,
             lockstep=lockstep, jit_compile=form.endswith("+xla"),
-            padded=form == "sequential+xla",
             in_flight=_clients_in_flight() if stateless and not lockstep else 1,
         )
 
@@ -188,7 +186,9 @@ class NativeEngine(Engine):
         )
         real = np.zeros(slots, np.float32)
         real[: packed.real_clients] = 1.0
-        snapshot = [[v.numpy() for v in m.variables] for m in self._metrics]
+        # Only FedAvg's client work drops a non-finite client's metrics (below).
+        snapshot = ([[v.numpy() for v in m.variables] for m in self._metrics]
+                    if self._kind == "train" else None)
         out = self._call_work(packed, real, state)
         finite = _finite(out, self._kind)
         bad = real * (1.0 - finite.numpy().astype(np.float32))
@@ -325,8 +325,7 @@ class NativeEngine(Engine):
         return to_client, from_client
 
 
-_FALLBACK = {"lockstep+xla": "lockstep", "lockstep": "sequential",
-             "sequential+xla": "sequential"}
+_FALLBACK = {"lockstep+xla": "lockstep", "lockstep": "sequential"}
 
 
 def _choose_form(model, requested: str | None) -> tuple[str, str]:

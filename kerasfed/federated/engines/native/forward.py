@@ -117,12 +117,12 @@ class StatelessForward:
             return str(e)
         return None
 
-    def loss_and_grads(self, params, state, x, y, mask, *, extra_loss=None):
+    def loss_and_grads(self, params, state, x, y, mask):
         """Returns (grads, new_state, loss_sum, elements, predictions).
 
         ``loss_sum / (count * elements)`` is the batch's mean loss over its real
         rows; the gradient is that of the mean plus the model's regularization
-        losses (and ``extra_loss(params)`` if given).
+        losses.
         """
         count = tf.reduce_sum(mask)
         with tf.GradientTape() as tape:
@@ -130,8 +130,6 @@ class StatelessForward:
             pred, new_state, reg = self.call(params, state, x, training=True)
             loss_sum, elements = self._loss(y, pred, mask)
             loss = loss_sum / (tf.maximum(count, 1.0) * elements) + reg
-            if extra_loss is not None:
-                loss = loss + extra_loss(params)
         grads = tape.gradient(loss, params, unconnected_gradients=tf.UnconnectedGradients.ZERO)
         return list(grads), new_state, loss_sum, elements, pred
 
@@ -165,7 +163,7 @@ class VariableForward:
         for v, t in zip(self.non_trainable, state):
             v.assign(t)
 
-    def loss_and_grads(self, params, state, x, y, mask, *, extra_loss=None):
+    def loss_and_grads(self, params, state, x, y, mask):
         self.assign(params, state)
         count = tf.reduce_sum(mask)
         with tf.GradientTape() as tape:
@@ -174,18 +172,11 @@ class VariableForward:
             loss = loss_sum / (tf.maximum(count, 1.0) * elements)
             if self.model.losses:
                 loss = loss + tf.add_n(self.model.losses)
-            if extra_loss is not None:
-                loss = loss + extra_loss(self.trainable)
         grads = tape.gradient(
             loss, self.trainable, unconnected_gradients=tf.UnconnectedGradients.ZERO
         )
         new_state = [tf.identity(v) for v in self.non_trainable]
         return list(grads), new_state, loss_sum, elements, pred
-
-    def call(self, params, state, x, *, training: bool):
-        self.assign(params, state)
-        pred = self.model(x, training=training)
-        return pred, [tf.identity(v) for v in self.non_trainable], tf.zeros((), pred.dtype)
 
 
 def _weight_attributes(model: keras.Model) -> list[tuple[Any, str]]:

@@ -18,19 +18,18 @@ from kerasfed.federated.engines.tff.proximal import ProximalOptimizer
 ModelFn = Callable[[], Any]  # returns a fresh tff.learning.models.VariableModel
 
 
-def _weighting(algorithm: Algorithm) -> Any:
-    return tff.learning.ClientWeighting.NUM_EXAMPLES if algorithm.weighted else None
+def _weighted_or_not(algorithm, weighted_builder, unweighted_builder, model_fn, **optimizers):
+    if algorithm.weighted:
+        return weighted_builder(
+            model_fn, client_weighting=tff.learning.ClientWeighting.NUM_EXAMPLES, **optimizers)
+    return unweighted_builder(model_fn, **optimizers)
 
 
 def _fedavg(algorithm, model_fn, client_optimizer, server_optimizer):
     learning = tff.learning.algorithms
-    if algorithm.weighted:
-        return learning.build_weighted_fed_avg(
-            model_fn, client_optimizer_fn=client_optimizer, server_optimizer_fn=server_optimizer,
-            client_weighting=tff.learning.ClientWeighting.NUM_EXAMPLES,
-        )
-    return learning.build_unweighted_fed_avg(
-        model_fn, client_optimizer_fn=client_optimizer, server_optimizer_fn=server_optimizer
+    return _weighted_or_not(
+        algorithm, learning.build_weighted_fed_avg, learning.build_unweighted_fed_avg, model_fn,
+        client_optimizer_fn=client_optimizer, server_optimizer_fn=server_optimizer,
     )
 
 
@@ -46,13 +45,9 @@ def _fedsgd(algorithm, model_fn, client_optimizer, server_optimizer):
 
 def _mime(algorithm, model_fn, client_optimizer, server_optimizer):
     learning = tff.learning.algorithms
-    if algorithm.weighted:
-        return learning.build_weighted_mime_lite(
-            model_fn, base_optimizer=client_optimizer, server_optimizer=server_optimizer,
-            client_weighting=tff.learning.ClientWeighting.NUM_EXAMPLES,
-        )
-    return learning.build_unweighted_mime_lite(
-        model_fn, base_optimizer=client_optimizer, server_optimizer=server_optimizer
+    return _weighted_or_not(
+        algorithm, learning.build_weighted_mime_lite, learning.build_unweighted_mime_lite,
+        model_fn, base_optimizer=client_optimizer, server_optimizer=server_optimizer,
     )
 
 

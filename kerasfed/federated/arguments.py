@@ -20,7 +20,10 @@ from kerasfed._arguments import check_callbacks, check_verbose
 from kerasfed._compat import KERAS_3, keras
 from kerasfed._keras_model import ModelError, ModelRecipe, resolve_compiled_model
 from kerasfed.federated import checkpoint as ckpt
-from kerasfed.federated.algorithms import get_algorithm
+from kerasfed.federated import aggregators as agg
+from kerasfed.federated.aggregators import accounting
+from kerasfed.federated.algorithms import FedSGD, get_algorithm
+from kerasfed.federated.attack import Attack
 from kerasfed.federated.client_optimizers import client_optimizer_from_keras
 from kerasfed.federated.clients import ClientData, ClientDataError, as_client_data
 from kerasfed.federated.compiled_parts import CompiledParts
@@ -75,6 +78,12 @@ class Plan:
     server_learning_rate: float
     client_optimizer: Any
     max_parallel_clients: int | None
+    aggregator: agg.Chain
+    client_sampling: str
+    expected_clients: int
+    attack: Attack | None
+    attackers: frozenset
+    label_rule: tuple[int | None, bool | None]
     callbacks: list
     checkpoint_dir: str | None
     checkpoint: ckpt.Checkpoint | None
@@ -123,6 +132,12 @@ def check_arguments(model: Any, clients: Any, **args: Any) -> Plan:
     if cpr is not None:
         cpr = _check_int("clients_per_round", cpr, 1, len(client_data))
     _check_features(model, client_data, "clients")
+    chain = agg.resolve_chain(args["aggregator"])
+    sampling = _check_client_sampling(args["client_sampling"])
+    expected = cpr if cpr is not None else len(client_data)
+    attack = _check_attack(args["attack"], num_classes)
+    _check_aggregation(chain, engine=engine, algorithm=algorithm, sampling=sampling,
+                       expected=expected, attack=attack)
     parts = CompiledParts.of(recipe, client_data.element_spec[1], output_shape)
     if engine == "tff":
         _check_weight_layout(model)
@@ -149,7 +164,7 @@ def check_arguments(model: Any, clients: Any, **args: Any) -> Plan:
         model=model, recipe=recipe, algorithm=algorithm, server_optimizer=server_optimizer,
         server_learning_rate=server_learning_rate, clients=client_data,
         clients_per_round=cpr, local_epochs=local_epochs, batch_size=batch_size,
-        shuffle=shuffle,
+        shuffle=shuffle, aggregator=chain, client_sampling=sampling, attack=attack,
     )
     checkpoint = None
     if checkpoint_dir is not None:
@@ -169,10 +184,85 @@ def check_arguments(model: Any, clients: Any, **args: Any) -> Plan:
         clients_per_round=cpr, local_epochs=local_epochs, batch_size=batch_size,
         shuffle=shuffle, evaluate_every=evaluate_every, algorithm=algorithm,
         server_optimizer=server_optimizer, server_learning_rate=server_learning_rate,
-        client_optimizer=client_opt, max_parallel_clients=max_parallel, callbacks=callbacks,
+        client_optimizer=client_opt, max_parallel_clients=max_parallel, aggregator=chain,
+        client_sampling=sampling, expected_clients=expected, attack=attack,
+        attackers=attack.attackers(client_data.client_ids, seed) if attack else frozenset(),
+        label_rule=(num_classes, sparse), callbacks=callbacks,
         checkpoint_dir=checkpoint_dir, checkpoint=checkpoint, fingerprint=fingerprint,
         seed=seed, verbose=verbose,
     )
+
+
+SAMPLINGS = ("uniform", "poisson")
+# What the TFF engine can translate into tff.aggregators (engines/tff/aggregators.py).
+TFF_AGGREGATORS = (agg.Mean, agg.ClipNorm, agg.Zeroing, agg.Quantize, agg.DPMean,
+                   agg.SecureSum)
+
+
+def _check_client_sampling(value: Any) -> str:
+    if value not in SAMPLINGS:
+        raise FederatedArgumentError(
+            f"{_CALLER}: expected `client_sampling` to be one of {list(SAMPLINGS)}. Received: "
+            f"client_sampling={value!r}. 'uniform' takes exactly `clients_per_round` "
+            f"clients each round; 'poisson' lets each client join with probability "
+            f"clients_per_round / number of clients (what DP-FedAvg's analysis assumes)."
+        )
+    return value
+
+
+def _check_attack(attack: Any, num_classes: int | None) -> Attack | None:
+    if attack is None:
+        return None
+    if not isinstance(attack, Attack):
+        raise FederatedArgumentTypeError(
+            f"{_CALLER}: expected `attack` to be None or a kerasfed.Attack, e.g. "
+            f"kerasfed.Attack('sign_flip', fraction=0.3, scale=10). Received: {attack!r} "
+            f"of type {type(attack).__name__}."
+        )
+    if attack.kind == "label_flip" and num_classes is None:
+        raise FederatedArgumentError(
+            f"{_CALLER}: attack kind 'label_flip' needs class labels, which the model's "
+            f"loss does not say it has (use a Keras classification loss such as "
+            f"sparse_categorical_crossentropy), or choose another kind."
+        )
+    return attack
+
+
+def _check_aggregation(chain: Any, *, engine: str, algorithm: Any, sampling: str,
+                       expected: int, attack: Attack | None) -> None:
+    need = chain.combiner.min_clients()
+    if sampling == "uniform" and expected < need:
+        raise FederatedArgumentError(
+            f"{_CALLER}: aggregator {chain.combiner!r} needs at least {need} clients per "
+            f"round (Krum: more than 2 x byzantine + 2; Bulyan: at least 4 x byzantine + 3), "
+            f"but rounds have {expected}. Raise `clients_per_round` or lower `byzantine`."
+        )
+    dp = chain.dp
+    if dp is not None:
+        dp.noise_parameters(expected)
+        accounting.check_supported(dp.accountant, sampling=sampling,
+                                   noise_multiplier=dp.noise_multiplier)
+    if engine != "tff":
+        return
+    native_only = [s for s in chain.steps if not isinstance(s, TFF_AGGREGATORS)
+                   or (isinstance(s, agg.Quantize) and (s.rotation or s.clip_range))]
+    if native_only:
+        raise FederatedArgumentError(
+            f"{_CALLER}: the TFF engine has no {', '.join(repr(s) for s in native_only)} "
+            f"(TFF 0.87's aggregators cannot see every client's update at once, keep "
+            f"client memories, or rotate). Use engine='native'."
+        )
+    if (dp is not None or isinstance(chain.combiner, agg.SecureSum)) and isinstance(
+            algorithm, FedSGD):
+        raise FederatedArgumentError(
+            f"{_CALLER}: TFF's FedSGD takes only example-weighted aggregators, and "
+            f"{chain.combiner.name} counts every client once. Use engine='native'."
+        )
+    if attack is not None and attack.on_updates:
+        raise FederatedArgumentError(
+            f"{_CALLER}: the TFF engine cannot alter clients' updates, so "
+            f"Attack({attack.kind!r}) runs on engine='native' only (label_flip runs on both)."
+        )
 
 
 def _check_bool(name: str, value: Any) -> bool:

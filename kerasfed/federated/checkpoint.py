@@ -31,6 +31,7 @@ from kerasfed._compat import keras
 from kerasfed.federated.engines.base import NeutralState
 
 CHECKPOINT_FILE = "kerasfed_federated.npz"
+GROUPS = ("optimizer", "algorithm", "aggregator")  # NeutralState's named slot groups
 _FORMAT = 2  # 1: TFF's flattened state (before the engine seam)
 _META = "meta"
 
@@ -80,10 +81,11 @@ def save_checkpoint(directory: str | os.PathLike, checkpoint: Checkpoint) -> Non
         "num_weights": len(checkpoint.state.weights),
         "optimizer": {k: len(v) for k, v in checkpoint.state.optimizer.items()},
         "algorithm": {k: len(v) for k, v in checkpoint.state.algorithm.items()},
+        "aggregator": {k: len(v) for k, v in checkpoint.state.aggregator.items()},
     }
     arrays = {_META: np.array(json.dumps(meta))}
     arrays.update({f"weights_{i:05d}": np.asarray(a) for i, a in enumerate(checkpoint.state.weights)})
-    for group in ("optimizer", "algorithm"):
+    for group in GROUPS:
         for slot, values in getattr(checkpoint.state, group).items():
             arrays.update({f"{group}/{slot}/{i:05d}": np.asarray(a) for i, a in enumerate(values)})
     fd, tmp = tempfile.mkstemp(prefix=".kerasfed-", suffix=".tmp", dir=directory)
@@ -118,9 +120,9 @@ def load_checkpoint(directory: str | os.PathLike) -> Checkpoint | None:
             groups = {
                 group: {
                     slot: [data[f"{group}/{slot}/{i:05d}"] for i in range(count)]
-                    for slot, count in meta[group].items()
+                    for slot, count in meta.get(group, {}).items()
                 }
-                for group in ("optimizer", "algorithm")
+                for group in GROUPS
             }
         return Checkpoint(
             rounds_completed=int(meta["rounds_completed"]),
@@ -213,6 +215,9 @@ def training_fingerprint(
     local_epochs: int,
     batch_size: int,
     shuffle: bool = True,
+    aggregator: Any = None,
+    client_sampling: str = "uniform",
+    attack: Any = None,
 ) -> dict[str, str]:
     """``{component: description}`` of everything that decides a training's rounds.
 
@@ -239,6 +244,12 @@ def training_fingerprint(
         "local_epochs": repr(local_epochs),
         "batch_size": repr(batch_size),
         "shuffle": repr(shuffle),
+        # Added with aggregation; the defaults are left out, so that checkpoints
+        # written before still resume.
+        **({"aggregator": aggregator.describe()}
+           if aggregator is not None and not aggregator.is_plain_mean else {}),
+        **({"client_sampling": client_sampling} if client_sampling != "uniform" else {}),
+        **({"attack": repr(attack)} if attack is not None else {}),
     }
 
 

@@ -27,6 +27,8 @@ from kerasfed.federated.arguments import (  # noqa: F401  (re-exported names)
     Plan,
     check_arguments,
 )
+from kerasfed.federated.aggregators import accounting
+from kerasfed.federated.attack import flip_labels
 from kerasfed.federated.clients import ClientData, client_shuffle_seed, epoch_orders, sample_clients
 from kerasfed.federated.engines import ClientRound, EngineSetup, make_engine
 from kerasfed.federated.progress import RoundProgress, quiet_tensorflow
@@ -55,6 +57,9 @@ def fit_federated(
     seed: int | None = None,
     engine: str = "auto",
     max_parallel_clients: int | None = None,
+    aggregator: Any = "mean",
+    client_sampling: str = "uniform",
+    attack: Any = None,
     verbose: int | str = "auto",
 ) -> keras.callbacks.History:
     """Trains a compiled Keras model by federated learning, simulated in one process.
@@ -79,6 +84,11 @@ def fit_federated(
     evaluated rounds (see ``evaluate_every``) also ``val_<metric>`` (Keras
     ``evaluate`` of ``validation_data``) and ``fed_eval_<metric>`` (federated
     evaluation over ``evaluation_clients``, averaged over all their examples).
+    With an ``aggregator`` that reports them: ``clip_norm`` (the norm this round
+    clipped to), ``clipped_fraction``, ``zeroed_fraction``, ``noise_std`` (of the
+    aggregate); with ``DPMean``: ``epsilon`` (after this round, from
+    dp-accounting) and ``dp_delta``; with ``attack``: ``attackers`` (malicious
+    clients in the round); with Poisson sampling: ``clients`` (in the round).
     As with Keras' ``validation_freq``, rounds without evaluation have no
     ``val_``/``fed_eval_`` entries, so those lists are shorter than ``loss``.
 
@@ -126,6 +136,17 @@ def fit_federated(
       max_parallel_clients: Most clients trained at once (default None: the
         native engine picks what fits in a quarter of the free memory; TFF runs
         all). Never changes the result.
+      aggregator: How the round's updates are combined (default ``"mean"``: the
+        algorithm's mean): a name (``"median"``, ``"trimmed_mean"``, ``"krum"``,
+        ...), an aggregator (``kerasfed.Median()``, ``kerasfed.DPMean(...)``, ...),
+        or a chain, client-side transforms first (``[kerasfed.ClipNorm(1.0),
+        kerasfed.Quantize(bits=8), "mean"]``). The TFF engine runs the mean,
+        ``ClipNorm``, ``Zeroing``, ``Quantize``, ``DPMean`` and ``SecureSum``.
+      client_sampling: ``"uniform"`` (default: exactly ``clients_per_round``
+        clients, without replacement) or ``"poisson"`` (each client joins with
+        probability ``clients_per_round / number of clients``).
+      attack: None (default) or a ``kerasfed.Attack``: a seeded fraction of the
+        clients is malicious for the whole run (update attacks: native engine).
       verbose: 0 (silent), 1 (progress bar), 2 (one line per round) or ``"auto"``
         (default: 1 in a terminal or notebook, else 2).
 
@@ -156,7 +177,8 @@ def fit_federated(
         server_learning_rate=server_learning_rate, validation_data=validation_data,
         evaluate_every=evaluate_every, evaluation_clients=evaluation_clients,
         callbacks=callbacks, checkpoint_dir=checkpoint_dir, seed=seed, engine=engine,
-        max_parallel_clients=max_parallel_clients, verbose=verbose,
+        max_parallel_clients=max_parallel_clients, aggregator=aggregator,
+        client_sampling=client_sampling, attack=attack, verbose=verbose,
     )
     return _train(plan)
 
@@ -179,7 +201,9 @@ def _train(plan: Plan) -> keras.callbacks.History:
         verbose=plan.verbose, epochs=plan.rounds, steps=None,
     )
     history.params = dict(history.params or {}, rounds=plan.rounds, seed=plan.seed,
-                          engine=plan.engine)
+                          engine=plan.engine, aggregator=plan.aggregator.describe())
+    if plan.aggregator.dp is not None:
+        history.params["dp_delta"] = plan.aggregator.dp.default_delta(len(plan.clients))
     model.stop_training = False
     engine = None
     try:
@@ -225,7 +249,8 @@ def _start_engine(plan: Plan) -> tuple[Any, Any]:
         federated_evaluation=plan.eval_clients is not None,
         max_parallel_clients=plan.max_parallel_clients,
         largest_client=max(plan.clients.num_examples(c) for c in plan.clients.client_ids),
-        local_epochs=plan.local_epochs,
+        local_epochs=plan.local_epochs, aggregator=plan.aggregator, attack=plan.attack,
+        attackers=plan.attackers, seed=plan.seed, expected_clients=plan.expected_clients,
     )
     engine = make_engine(plan.engine, setup)
     try:
@@ -250,10 +275,15 @@ def round_clients(plan: Plan, round_num: int) -> list[ClientRound]:
     Depends only on ``(seed, round_num)`` and the client ids, so both engines, and a
     resumed run, see the same clients and batches.
     """
-    cids = sample_clients(plan.clients.client_ids, plan.clients_per_round, round_num, plan.seed)
+    cids = sample_clients(plan.clients.client_ids, plan.clients_per_round, round_num, plan.seed,
+                          poisson=plan.client_sampling == "poisson")
     rounds = []
+    flip = plan.attack is not None and plan.attack.kind == "label_flip"
     for cid in cids:
         x, y = plan.clients[cid]
+        if flip and cid in plan.attackers:
+            num_classes, sparse = plan.label_rule
+            y = flip_labels(y, num_classes=num_classes, sparse=sparse)
         order = epoch_orders(
             len(x), epochs=plan.local_epochs, shuffle=plan.shuffle,
             seed=client_shuffle_seed(plan.seed, round_num, cid) if plan.shuffle else None,
@@ -272,10 +302,14 @@ def _whole_clients(data: ClientData) -> list[ClientRound]:
 def _run_round(plan: Plan, engine: Any, state: Any, round_num: int) -> tuple[Any, dict]:
     started = time.perf_counter()
     clients = round_clients(plan, round_num)
-    state, result = engine.train_round(state, clients)
+    state, result = engine.train_round(state, clients, round_num)
     seconds = time.perf_counter() - started
     expected = plan.local_epochs * sum(len(c.x) for c in clients)
-    _warn_non_finite(round_num, result, expected)
+    if result.skipped:
+        warnings.warn(f"{_CALLER}: round {round_num + 1}: {result.skipped}; the global "
+                      f"weights were kept.", RuntimeWarning, stacklevel=4)
+    elif clients:
+        _warn_non_finite(round_num, result, expected)
     plan.model.set_weights(engine.get_weights(state))
     # TFF reports 0.0 when no client's metrics were kept; there is no value then.
     logs = dict(result.metrics) if result.num_examples else {k: float("nan") for k in result.metrics}
@@ -285,9 +319,28 @@ def _run_round(plan: Plan, engine: Any, state: Any, round_num: int) -> tuple[Any
         bytes_to_clients=engine.bytes_to_client * len(clients),
         bytes_from_clients=engine.bytes_from_client * len(clients),
     )
+    logs.update(result.aggregation)
+    logs.update(_round_extras(plan, clients, round_num))
     if (round_num + 1) % plan.evaluate_every == 0 or round_num == plan.rounds - 1:
         logs.update(_evaluate(plan, engine, state))
     return state, logs
+
+
+def _round_extras(plan: Plan, clients: Sequence[ClientRound], round_num: int) -> dict:
+    extras: dict[str, float] = {}
+    if plan.client_sampling == "poisson":
+        extras["clients"] = len(clients)
+    if plan.attack is not None:
+        extras["attackers"] = sum(c.cid in plan.attackers for c in clients)
+    dp = plan.aggregator.dp
+    if dp is not None:
+        delta = dp.default_delta(len(plan.clients))
+        extras["epsilon"] = accounting.epsilon(
+            dp.noise_multiplier, round_num + 1, delta=delta, sampling=plan.client_sampling,
+            num_clients=len(plan.clients), clients_per_round=plan.expected_clients,
+            accountant=dp.accountant)
+        extras["dp_delta"] = delta
+    return extras
 
 
 def _warn_non_finite(round_num: int, result: Any, expected_examples: int) -> None:

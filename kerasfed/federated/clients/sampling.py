@@ -19,12 +19,17 @@ def sample_clients(
     clients_per_round: int | None,
     round_num: int,
     seed: int | None,
+    *,
+    poisson: bool = False,
 ) -> list[str]:
     """The clients that take part in round ``round_num``.
 
     Sampling is without replacement and depends only on ``(seed, round_num)``
     (``np.random.default_rng([seed, round_num])``), so a resumed run samples the
     same clients in the same rounds. The result keeps ``client_ids`` order.
+    With ``poisson=True`` each client joins independently with probability
+    ``clients_per_round / len(client_ids)`` (from ``default_rng([seed,
+    round_num, 1])``), so a round may have any number of clients, none included.
 
     Args:
         client_ids: All client ids (a list, or a ClientData).
@@ -52,6 +57,10 @@ def sample_clients(
     if clients_per_round is None:
         return ids
     clients_per_round = check_int("clients_per_round", clients_per_round, 1, len(ids))
+    if poisson:
+        rng = np.random.default_rng(None if seed is None else [seed, round_num, 1])
+        joined = rng.random(len(ids)) < clients_per_round / len(ids)
+        return [cid for cid, j in zip(ids, joined) if j]
     rng = np.random.default_rng(None if seed is None else [seed, round_num])
     chosen = np.sort(rng.choice(len(ids), size=clients_per_round, replace=False))
     return [ids[i] for i in chosen]

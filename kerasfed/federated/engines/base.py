@@ -47,11 +47,17 @@ class RoundResult:
         (clients whose update was not finite are left out).
       update_non_finite: True when the aggregated update had NaN/inf values; the
         previous global weights are then kept.
+      aggregation: What the aggregation chain reports for the round
+        (``clip_norm``, ``clipped_fraction``, ``noise_std``, ...).
+      skipped: Why the global weights were kept without an update (too few
+        clients for the combiner), or None.
     """
 
     metrics: dict[str, float]
     num_examples: int
     update_non_finite: bool
+    aggregation: dict[str, float] = dataclasses.field(default_factory=dict)
+    skipped: str | None = None
 
 
 @dataclasses.dataclass
@@ -65,11 +71,15 @@ class NeutralState:
         slot, one per trainable weight (``step``: one scalar).
       algorithm: The algorithm's own server state (Mime-lite: the global client
         optimizer's slots), same layout.
+      aggregator: The aggregation chain's state (``"<step>/<name>"``: an adaptive
+        clip norm, each client's top-k memory ``"<step>/residual/<cid>"``; on the
+        TFF engine its aggregator state's arrays), one array per slot.
     """
 
     weights: list[np.ndarray]
     optimizer: dict[str, list[np.ndarray]] = dataclasses.field(default_factory=dict)
     algorithm: dict[str, list[np.ndarray]] = dataclasses.field(default_factory=dict)
+    aggregator: dict[str, list[np.ndarray]] = dataclasses.field(default_factory=dict)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -91,6 +101,10 @@ class EngineSetup:
       largest_client: The number of examples of the largest client of the run
         (the native engine pads every round to it, so it compiles once).
       local_epochs: The clients' local epochs.
+      aggregator: The aggregation ``Chain`` (``aggregators.chain``).
+      attack: An ``Attack``, or None; ``attackers`` its clients.
+      seed: The run's seed (aggregators and attacks draw from it per round).
+      expected_clients: Clients a round is meant to have (DP's denominator).
     """
 
     model: Any
@@ -106,6 +120,11 @@ class EngineSetup:
     max_parallel_clients: int | None = None
     largest_client: int = 0
     local_epochs: int = 1
+    aggregator: Any = None
+    attack: Any = None
+    attackers: frozenset = frozenset()
+    seed: int = 0
+    expected_clients: int = 1
 
 
 class Engine(abc.ABC):
@@ -122,8 +141,10 @@ class Engine(abc.ABC):
         """The engine's server state holding ``weights`` (Keras order)."""
 
     @abc.abstractmethod
-    def train_round(self, state: Any, clients: Sequence[ClientRound]) -> tuple[Any, RoundResult]:
-        """Trains ``clients`` from ``state``'s global model; returns the new state."""
+    def train_round(self, state: Any, clients: Sequence[ClientRound],
+                    round_num: int) -> tuple[Any, RoundResult]:
+        """Trains ``clients`` (round ``round_num``, from 0) from ``state``'s global
+        model; returns the new state."""
 
     @abc.abstractmethod
     def evaluate(self, state: Any, clients: Sequence[ClientRound]) -> dict[str, float]:
@@ -158,8 +179,10 @@ def check_neutral(expected: NeutralState, got: NeutralState) -> None:
     """Raises ValueError unless ``got`` has ``expected``'s slots, shapes and dtypes."""
     def arrays(state):
         out = {f"weights[{i}]": w for i, w in enumerate(state.weights)}
-        for group in ("optimizer", "algorithm"):
+        for group in ("optimizer", "algorithm", "aggregator"):
             for slot, values in getattr(state, group).items():
+                if "/residual/" in slot:  # per-client memories come and go
+                    continue
                 out.update({f"{group}.{slot}[{i}]": v for i, v in enumerate(values)})
         return out
 

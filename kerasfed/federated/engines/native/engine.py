@@ -21,6 +21,7 @@ import tensorflow as tf
 
 from kerasfed._compat import KERAS_3
 
+from kerasfed.federated.aggregators import Mean, RoundContext, resolve_chain
 from kerasfed.federated.algorithms import FedProx, FedSGD, MimeLite
 from kerasfed.federated.engines.base import (
     ClientRound,
@@ -74,6 +75,8 @@ class NativeEngine(Engine):
             else "mime" if isinstance(setup.algorithm, MimeLite) else "train"
         )
         self._mu = setup.algorithm.mu if isinstance(setup.algorithm, FedProx) else 0.0
+        self._chain = setup.aggregator if setup.aggregator is not None else resolve_chain("mean")
+        self._attack = setup.attack if setup.attack is not None and setup.attack.on_updates else None
         self._client_rule = client_rule(setup.client_optimizer) if setup.client_optimizer else None
         self._server_rule = server_rule(setup.server_optimizer, setup.server_learning_rate)
         self._loss = setup.parts.loss_per_example()
@@ -124,6 +127,7 @@ class NativeEngine(Engine):
             ],
             "optimizer": self._server_rule.init(trainable),
             "algorithm": self._client_rule.init(trainable) if self._kind == "mime" else {},
+            "aggregator": self._chain.initial_state(),
         }
         return state
 
@@ -141,6 +145,7 @@ class NativeEngine(Engine):
             weights=self.get_weights(state),
             optimizer=_slots_to_numpy(state["optimizer"]),
             algorithm=_slots_to_numpy(state["algorithm"]),
+            aggregator={k: [np.asarray(v)] for k, v in state["aggregator"].items()},
         )
 
     def from_neutral(self, neutral: NeutralState) -> dict:
@@ -149,6 +154,7 @@ class NativeEngine(Engine):
         state = self.initial_state(neutral.weights)
         state["optimizer"] = _slots_from_numpy(neutral.optimizer)
         state["algorithm"] = _slots_from_numpy(neutral.algorithm)
+        state["aggregator"] = {k: np.asarray(v[0]) for k, v in neutral.aggregator.items()}
         return state
 
     # -- rounds -------------------------------------------------------------------
@@ -162,9 +168,12 @@ class NativeEngine(Engine):
             size = min(size, max(1, _LOCKSTEP_CHUNK_BYTES // max(weight_bytes, 1)))
         return size
 
-    def train_round(self, state: dict, clients: Sequence[ClientRound]) -> tuple[dict, RoundResult]:
+    def train_round(self, state: dict, clients: Sequence[ClientRound],
+                    round_num: int) -> tuple[dict, RoundResult]:
         for metric in self._metrics:
             metric.reset_state()
+        if not clients:
+            return self._empty_round(state, round_num)
         size = max(1, min(self.max_parallel_clients(clients), len(clients)))
         # The sequential form trains `in_flight` clients at a time: whole groups.
         slots = -(-size // self._work.in_flight) * self._work.in_flight
@@ -172,7 +181,7 @@ class NativeEngine(Engine):
         for start in range(0, len(clients), size):
             parts.append(self._run_chunk(state, clients[start:start + size], slots))
         merged = {key: _concat([p[key] for p in parts]) for key in parts[0]}
-        return self._server_update(state, merged)
+        return self._server_update(state, merged, [c.cid for c in clients], round_num)
 
     def _run_chunk(self, state: dict, chunk: Sequence[ClientRound], slots: int) -> dict:
         packed = pack_chunk(
@@ -224,7 +233,57 @@ class NativeEngine(Engine):
                 self.form, self._why = fallback, f"{self.form} failed: {type(e).__name__}"
                 self._work = self._build_work(self.form)
 
-    def _server_update(self, state: dict, out: dict) -> tuple[dict, RoundResult]:
+    def _empty_round(self, state: dict, round_num: int) -> tuple[dict, RoundResult]:
+        # Poisson sampling drew no client. DP-FedAvg still releases its noise (the
+        # privacy analysis counts the round); anything else keeps the weights.
+        names = ["loss", *(m.name for m in self._metrics)]
+        metrics = {name: float("nan") for name in names}
+        if self._chain.dp is None:
+            return state, RoundResult(metrics=metrics, num_examples=0, update_non_finite=False,
+                                      skipped="no client was sampled")
+        empty = np.zeros((0, sum(int(np.prod(t.shape)) for t in state["trainable"])), np.float32)
+        update, aggregator, logs = self._chain.run(empty, self._context([], [], round_num),
+                                                  state["aggregator"])
+        new = dict(state, aggregator=aggregator)
+        mean = _unflatten(update, state["trainable"])
+        new["optimizer"], new["trainable"] = self._server_rule.step(
+            state["optimizer"], state["trainable"], [-m for m in mean])
+        return new, RoundResult(metrics=metrics, num_examples=0, update_non_finite=False,
+                                aggregation=logs)
+
+    def _context(self, cids: Sequence[str], weights, round_num: int) -> RoundContext:
+        return RoundContext(cids=list(cids), weights=np.asarray(weights, np.float64),
+                            expected_clients=self._setup.expected_clients,
+                            seed=self._setup.seed, round_num=round_num)
+
+    def _aggregate(self, state: dict, stacked: list, weight: tf.Tensor, finite: tf.Tensor,
+                   cids: Sequence[str], round_num: int) -> tuple[list | None, dict, dict, str | None]:
+        """The chain's combined update of the clients' ``stacked`` updates, as
+        (update per trainable weight or None to skip, aggregator state, logs, why skipped)."""
+        n = len(cids)
+        flat = np.concatenate([u.numpy().reshape(n, -1) for u in stacked], axis=1)
+        ok = finite.numpy() > 0
+        flat[~ok] = 0.0
+        if self._attack is not None:
+            malicious = np.array([cid in self._setup.attackers for cid in cids]) & ok
+            rng = np.random.default_rng([self._setup.seed, round_num, 0xA77ACC])
+            flat = self._attack.corrupt(flat, malicious, rng)
+        weights = weight.numpy()
+        if not isinstance(self._chain.combiner, Mean):
+            # Robust, private and secure combiners count each client once, and only
+            # the clients whose update is finite.
+            flat, cids, weights = flat[ok], [c for c, k in zip(cids, ok) if k], np.ones(ok.sum())
+            need = self._chain.combiner.min_clients()
+            if len(cids) < need and self._chain.dp is None:
+                why = (f"{self._chain.combiner!r} needs at least {need} clients with finite "
+                       f"updates and the round had {len(cids)}")
+                return None, state["aggregator"], {}, why
+        update, aggregator, logs = self._chain.run(flat, self._context(cids, weights, round_num),
+                                                  state["aggregator"])
+        return _unflatten(update, state["trainable"]), aggregator, logs, None
+
+    def _server_update(self, state: dict, out: dict, cids: Sequence[str],
+                       round_num: int) -> tuple[dict, RoundResult]:
         # TFF's semantics (model_delta_client_work, fed_sgd, mime, mean and
         # apply_optimizer_finalizer): a non-finite client update is zeroed and
         # weighted 0 (the unweighted mean still counts it); a non-finite mean keeps
@@ -237,10 +296,17 @@ class NativeEngine(Engine):
             weight = tf.ones_like(examples)
         total = tf.reduce_sum(weight)
         update_key = "gradient" if self._kind == "gradient" else "delta"
-        mean = [_weighted_mean(u, weight, total, finite) for u in out[update_key]]
-        non_finite = not all(bool(tf.reduce_all(tf.math.is_finite(m))) for m in mean)
         new = dict(state)
-        if not non_finite:
+        logs: dict = {}
+        skipped = None
+        if self._chain.is_plain_mean and self._attack is None:
+            mean = [_weighted_mean(u, weight, total, finite) for u in out[update_key]]
+        else:
+            mean, new["aggregator"], logs, skipped = self._aggregate(
+                state, out[update_key], weight, finite, cids, round_num)
+        non_finite = mean is not None and not all(
+            bool(tf.reduce_all(tf.math.is_finite(m))) for m in mean)
+        if mean is not None and not non_finite:
             gradient = mean if self._kind == "gradient" else [-m for m in mean]
             new["optimizer"], new["trainable"] = self._server_rule.step(
                 state["optimizer"], state["trainable"], gradient)
@@ -270,7 +336,7 @@ class NativeEngine(Engine):
         metrics = {"loss": loss / num_examples if num_examples else float("nan")}
         metrics.update((m.name, float(m.result())) for m in self._metrics)
         return new, RoundResult(metrics=metrics, num_examples=num_examples,
-                                update_non_finite=non_finite)
+                                update_non_finite=non_finite, aggregation=logs, skipped=skipped)
 
     # -- evaluation ---------------------------------------------------------------
     def _evaluate_batch_fn(self, x, y):
@@ -313,7 +379,8 @@ class NativeEngine(Engine):
         # optimizer state out and the full gradient (with its weight) back.
         to_client = nbytes(self._model.weights)
         update = nbytes(self._trainable)
-        from_client = update + 4
+        values = sum(int(np.prod(v.shape)) for v in self._trainable)
+        from_client = self._chain.update_bytes(values, self._setup.expected_clients) + 4
         if self._client_rule is not None:
             to_client += 4 * self._client_rule.num_hyperparameters() + (4 if self._mu else 0)
         if self._kind == "mime":
@@ -383,6 +450,16 @@ def _weighted_mean(stacked: tf.Tensor, weight: tf.Tensor, total: tf.Tensor,
         stacked = tf.where(ok, stacked, tf.zeros_like(stacked))
     w = tf.reshape(tf.cast(weight, stacked.dtype), shape)
     return tf.reduce_sum(stacked * w, axis=0) / tf.cast(total, stacked.dtype)
+
+
+def _unflatten(flat: np.ndarray, like: Sequence[tf.Tensor]) -> list[tf.Tensor]:
+    """``flat`` (one vector) cut into tensors of ``like``'s shapes and dtypes."""
+    out, start = [], 0
+    for t in like:
+        size = int(np.prod(t.shape))
+        out.append(tf.constant(flat[start:start + size].reshape(tuple(t.shape)), dtype=t.dtype))
+        start += size
+    return out
 
 
 def _concat(values: list) -> Any:

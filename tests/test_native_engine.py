@@ -108,7 +108,7 @@ def test_every_form_equals_keras(form, monkeypatch):
     engine = _engine(model, form)
     rounds = [ClientRound(c, x, y, np.tile(np.arange(len(x)), (2, 1)))
               for c, (x, y) in clients.items()]
-    state, result = engine.train_round(engine.initial_state(model.get_weights()), rounds)
+    state, result = engine.train_round(engine.initial_state(model.get_weights()), rounds, 0)
     reference = _keras_fedavg(lambda: _model(keras.optimizers.SGD(0.1, momentum=0.9)),
                               clients, epochs=2, batch_size=8)
     assert engine.form == form
@@ -402,7 +402,7 @@ def test_a_form_that_fails_to_build_falls_back_to_sequential(monkeypatch, caplog
     engine = _engine(model, "lockstep+xla")
     rounds = [ClientRound(c, x, y, np.arange(len(x))[None]) for c, (x, y) in clients.items()]
     with caplog.at_level("WARNING", logger="kerasfed"):
-        state, _ = engine.train_round(engine.initial_state(model.get_weights()), rounds)
+        state, _ = engine.train_round(engine.initial_state(model.get_weights()), rounds, 0)
     assert engine.form == "sequential"
     assert "lockstep+xla failed" in caplog.text and "using sequential" in caplog.text
     reference = _keras_fedavg(_model, clients, epochs=1, batch_size=8)

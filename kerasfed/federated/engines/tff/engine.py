@@ -32,6 +32,7 @@ from kerasfed.federated.engines.base import (
     RoundResult,
     check_neutral,
 )
+from kerasfed.federated.engines.tff.aggregators import model_aggregator
 from kerasfed.federated.engines.tff.algorithms import build_learning_process
 from kerasfed.federated.engines.tff.keras_classes import keras_classes_kept
 from kerasfed.federated.engines.tff.optimizers import tff_client_optimizer, tff_server_optimizer
@@ -84,11 +85,18 @@ class TffEngine(Engine):
         client_optimizer = (
             tff_client_optimizer(setup.client_optimizer) if setup.client_optimizer else None
         )
+        aggregation = None
+        if setup.aggregator is not None:
+            aggregation = model_aggregator(setup.aggregator, weighted=setup.algorithm.weighted,
+                                           expected_clients=setup.expected_clients)
+        factory, weighted = aggregation if aggregation else (None, None)
+        self._metric_names = ["loss", *(m().name for m in parts.metrics)]
         with keras_classes_kept():
             self._process = build_learning_process(
                 setup.algorithm, model_fn=model_fn, client_optimizer=client_optimizer,
                 server_optimizer=tff_server_optimizer(
                     setup.server_optimizer, setup.server_learning_rate),
+                model_aggregator=factory, weighted=weighted,
             )
             self._eval_process = (
                 tff.learning.algorithms.build_fed_eval(model_fn)
@@ -118,12 +126,19 @@ class TffEngine(Engine):
             weights=self.get_weights(state),
             optimizer=_slots(state.finalizer),
             algorithm=_slots(state.client_work[0]) if self._mime else {},
+            # TFF's own aggregator state (an adaptive clip norm), leaf by leaf.
+            aggregator={f"tff/{i:03d}": [np.asarray(leaf)]
+                        for i, leaf in enumerate(tf.nest.flatten(state.aggregator))},
         )
 
     def from_neutral(self, neutral: NeutralState) -> Any:
         check_neutral(self.to_neutral(self._template), neutral)
         state = self.initial_state(neutral.weights)
         state = state._replace(finalizer=_with_slots(state.finalizer, neutral.optimizer))
+        if neutral.aggregator:
+            leaves = [neutral.aggregator[k][0] for k in sorted(neutral.aggregator)]
+            state = state._replace(
+                aggregator=tf.nest.pack_sequence_as(state.aggregator, leaves))
         if self._mime:
             work = state.client_work
             state = state._replace(
@@ -134,7 +149,13 @@ class TffEngine(Engine):
     def _datasets(self, clients: Sequence[ClientRound]) -> list[tf.data.Dataset]:
         return [batches_in_order(c.x, c.y, c.order, self._batch_size) for c in clients]
 
-    def train_round(self, state: Any, clients: Sequence[ClientRound]) -> tuple[Any, RoundResult]:
+    def train_round(self, state: Any, clients: Sequence[ClientRound],
+                    round_num: int) -> tuple[Any, RoundResult]:
+        del round_num  # TFF draws its own random numbers
+        if not clients:  # Poisson sampling drew none; TFF cannot run an empty round
+            return state, RoundResult(
+                metrics={name: float("nan") for name in self._metric_names}, num_examples=0,
+                update_non_finite=False, skipped="no client was sampled")
         output = self._process.next(state, self._datasets(clients))
         train = dict(output.metrics["client_work"]["train"])
         num_examples = int(train.pop("num_examples"))

@@ -24,6 +24,9 @@ PUBLIC = {
     "ServerOptimizerError", "ServerOptimizerTypeError", "ClientOptimizerError",
     "ClientOptimizerTypeError", "CheckpointError", "CheckpointMismatchError",
     "VerboseError", "CallbacksTypeError",
+    "Mean", "Median", "TrimmedMean", "Krum", "Bulyan", "DPMean", "SecureSum", "ClipNorm",
+    "Zeroing", "Quantize", "TopK", "AGGREGATOR_NAMES", "AggregatorError",
+    "AggregatorTypeError", "Attack",
 }
 
 

@@ -195,8 +195,9 @@ def check_arguments(model: Any, clients: Any, **args: Any) -> Plan:
 
 SAMPLINGS = ("uniform", "poisson")
 # What the TFF engine can translate into tff.aggregators (engines/tff/aggregators.py).
-TFF_AGGREGATORS = (agg.Mean, agg.ClipNorm, agg.Zeroing, agg.Quantize, agg.DPMean,
-                   agg.SecureSum)
+# TFF's SecureSumFactory builds, but its worker cannot run the secure-sum
+# intrinsics ("Cannot embed a federated value"), so SecureSum is native only.
+TFF_AGGREGATORS = (agg.Mean, agg.ClipNorm, agg.Zeroing, agg.Quantize, agg.DPMean)
 
 
 def _check_client_sampling(value: Any) -> str:
@@ -250,10 +251,10 @@ def _check_aggregation(chain: Any, *, engine: str, algorithm: Any, sampling: str
         raise FederatedArgumentError(
             f"{_CALLER}: the TFF engine has no {', '.join(repr(s) for s in native_only)} "
             f"(TFF 0.87's aggregators cannot see every client's update at once, keep "
-            f"client memories, or rotate). Use engine='native'."
+            f"client memories, or rotate, and its worker cannot run secure sums). Use "
+            f"engine='native'."
         )
-    if (dp is not None or isinstance(chain.combiner, agg.SecureSum)) and isinstance(
-            algorithm, FedSGD):
+    if dp is not None and isinstance(algorithm, FedSGD):
         raise FederatedArgumentError(
             f"{_CALLER}: TFF's FedSGD takes only example-weighted aggregators, and "
             f"{chain.combiner.name} counts every client once. Use engine='native'."

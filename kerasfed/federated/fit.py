@@ -141,7 +141,7 @@ def fit_federated(
         ...), an aggregator (``kerasfed.Median()``, ``kerasfed.DPMean(...)``, ...),
         or a chain, client-side transforms first (``[kerasfed.ClipNorm(1.0),
         kerasfed.Quantize(bits=8), "mean"]``). The TFF engine runs the mean,
-        ``ClipNorm``, ``Zeroing``, ``Quantize``, ``DPMean`` and ``SecureSum``.
+        ``ClipNorm``, ``Zeroing``, ``Quantize`` (no rotation) and ``DPMean``.
       client_sampling: ``"uniform"`` (default: exactly ``clients_per_round``
         clients, without replacement) or ``"poisson"`` (each client joins with
         probability ``clients_per_round / number of clients``).

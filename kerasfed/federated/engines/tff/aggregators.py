@@ -3,8 +3,9 @@
 The chain's combiner becomes the innermost factory and each transform wraps it,
 the first transform outermost (it sees the client values first). ``Quantize``
 becomes the value-sum of the mean (TFF quantizes the weighted values).
-``DPMean`` and ``SecureSum`` count every client once, so the learning process
-is built unweighted around them. ``arguments.py`` refuses, before training, the
+``DPMean`` counts every client once, so the learning process is built
+unweighted around it. ``SecureSum`` stays native: TFF's ``SecureSumFactory``
+builds, but TFF 0.87's worker cannot run its intrinsics. ``arguments.py`` refuses, before training, the
 aggregators TFF 0.87 does not have.
 """
 
@@ -44,12 +45,6 @@ def model_aggregator(chain: agg.Chain, *, weighted: bool, expected_clients: int)
             factory = aggregators.DifferentiallyPrivateFactory.gaussian_fixed(
                 noise_multiplier=float(combiner.noise_multiplier),
                 clients_per_round=float(expected_clients), clip=float(combiner.clip_norm))
-        weighted = False
-    elif isinstance(combiner, agg.SecureSum):
-        r = float(combiner.clip_range)
-        factory = aggregators.UnweightedMeanFactory(
-            value_sum_factory=aggregators.SecureSumFactory(
-                upper_bound_threshold=r, lower_bound_threshold=-r))
         weighted = False
     else:  # the mean
         kwargs = {"value_sum_factory": value_sum} if value_sum is not None else {}

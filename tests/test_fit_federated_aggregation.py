@@ -187,6 +187,10 @@ def test_tff_engine_equals_native_without_randomness(digits, aggregator, algorit
                  aggregator=aggregator, engine=engine) for engine in ("native", "tff")]
     for a, b in zip(*(r.model.get_weights() for r in runs)):
         np.testing.assert_allclose(a, b, atol=1e-5)
+    native, tff = (r.history for r in runs)
+    for key in ("clip_norm", "clipped_fraction", "zeroed_fraction"):
+        if key in tff:  # TFF's clipping and zeroing report these; its DP query does not
+            assert native[key] == pytest.approx(tff[key], rel=1e-5), key
 
 
 @needs_tff

@@ -168,6 +168,7 @@ class TffEngine(Engine):
             metrics=_loss_first(train),
             num_examples=num_examples,
             update_non_finite=non_finite,
+            aggregation=_aggregation_logs(output.metrics.get("aggregator"), len(clients)),
         )
 
     def evaluate(self, state: Any, clients: Sequence[ClientRound]) -> dict[str, float]:
@@ -182,6 +183,30 @@ class TffEngine(Engine):
         metrics.pop("num_examples", None)
         metrics.pop("num_batches", None)
         return _loss_first(metrics)
+
+
+def _aggregation_logs(measurements: Any, clients: int) -> dict[str, float]:
+    """TFF's aggregator measurements under the native engine's History names."""
+    flat: dict[str, float] = {}
+
+    def walk(value):
+        if isinstance(value, collections.abc.Mapping):
+            for key, item in value.items():
+                if isinstance(item, collections.abc.Mapping):
+                    walk(item)
+                elif np.ndim(item) == 0:
+                    flat[str(key)] = float(item)
+
+    walk(measurements or {})
+    logs = {}
+    # (TFF's DP query reports the clip norm after its update, the next round's:
+    # left out, so that `clip_norm` always means the norm this round clipped to.)
+    if "clipping_norm" in flat:
+        logs["clip_norm"] = flat["clipping_norm"]
+    for key, name in (("clipped_count", "clipped_fraction"), ("zeroed_count", "zeroed_fraction")):
+        if key in flat and clients:
+            logs[name] = flat[key] / clients
+    return logs
 
 
 def _loss_first(metrics: dict) -> dict[str, float]:

@@ -6,7 +6,6 @@ the chain's checks are exercised one bad input at a time.
 
 from __future__ import annotations
 
-import itertools
 
 import numpy as np
 import pytest

@@ -40,6 +40,7 @@ _EXPORTS = {
     "PartitionError": "kerasfed.federated.partition",
     "ClientData": "kerasfed.federated.clients",
     "as_client_data": "kerasfed.federated.clients",
+    "write_client_data": "kerasfed.federated.clients",
     "ClientDataError": "kerasfed.federated.clients",
     "ClientDataTypeError": "kerasfed.federated.clients",
     "FedAvg": "kerasfed.federated.algorithms",

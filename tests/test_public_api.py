@@ -26,7 +26,7 @@ PUBLIC = {
     "VerboseError", "CallbacksTypeError",
     "Mean", "Median", "TrimmedMean", "Krum", "Bulyan", "DPMean", "SecureSum", "ClipNorm",
     "Zeroing", "Quantize", "TopK", "AGGREGATOR_NAMES", "AggregatorError",
-    "AggregatorTypeError", "Attack",
+    "AggregatorTypeError", "Attack", "write_client_data",
 }
 
 

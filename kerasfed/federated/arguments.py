@@ -66,6 +66,7 @@ class Plan:
     parts: CompiledParts
     clients: ClientData
     eval_clients: ClientData | None
+    eval_clients_per_round: int | None
     validation: tuple[np.ndarray, np.ndarray] | None
     rounds: int
     clients_per_round: int | None
@@ -148,6 +149,14 @@ def check_arguments(model: Any, clients: Any, **args: Any) -> Plan:
         eval_clients = as_client_data(args["evaluation_clients"], what="evaluation_clients")
         _check_same_spec(client_data, eval_clients)
         eval_clients.validate(**_label_check(num_classes, sparse, eval_clients))
+    eval_per_round = args["evaluation_clients_per_round"]
+    if eval_per_round is not None:
+        if eval_clients is None:
+            raise FederatedArgumentError(
+                f"{_CALLER}: evaluation_clients_per_round={eval_per_round!r} needs "
+                f"`evaluation_clients` to sample from. Pass evaluation_clients=..., or drop it.")
+        eval_per_round = _check_int("evaluation_clients_per_round", eval_per_round, 1,
+                                    len(eval_clients))
     validation = _check_validation_data(args["validation_data"], model, num_classes, sparse)
 
     _warn_ignored_compile_settings(recipe)
@@ -180,7 +189,8 @@ def check_arguments(model: Any, clients: Any, **args: Any) -> Plan:
 
     return Plan(
         engine=engine, model=model, recipe=recipe, parts=parts, clients=client_data,
-        eval_clients=eval_clients, validation=validation, rounds=rounds,
+        eval_clients=eval_clients, eval_clients_per_round=eval_per_round,
+        validation=validation, rounds=rounds,
         clients_per_round=cpr, local_epochs=local_epochs, batch_size=batch_size,
         shuffle=shuffle, evaluate_every=evaluate_every, algorithm=algorithm,
         server_optimizer=server_optimizer, server_learning_rate=server_learning_rate,

@@ -52,6 +52,7 @@ def fit_federated(
     validation_data: tuple[Any, Any] | None = None,
     evaluate_every: int = 1,
     evaluation_clients: Any = None,
+    evaluation_clients_per_round: int | None = None,
     callbacks: Sequence[keras.callbacks.Callback] | None = None,
     checkpoint_dir: str | os.PathLike | None = None,
     seed: int | None = None,
@@ -118,6 +119,9 @@ def fit_federated(
         round (default 1).
       evaluation_clients: Held-out clients (same types as ``clients``) evaluated
         with TFF's federated evaluation on evaluated rounds (default None).
+      evaluation_clients_per_round: Evaluate only this many of the
+        ``evaluation_clients``, sampled anew on each evaluated round from
+        ``(seed, round)`` (default None: all of them).
       callbacks: Keras callbacks; each round is an epoch (``History``,
         ``CSVLogger``, ``EarlyStopping``, ``ModelCheckpoint``, ``TensorBoard`` work
         unchanged; ``model.stop_training = True`` stops after the round).
@@ -176,7 +180,7 @@ def fit_federated(
         algorithm=algorithm, server_optimizer=server_optimizer,
         server_learning_rate=server_learning_rate, validation_data=validation_data,
         evaluate_every=evaluate_every, evaluation_clients=evaluation_clients,
-        callbacks=callbacks, checkpoint_dir=checkpoint_dir, seed=seed, engine=engine,
+        evaluation_clients_per_round=evaluation_clients_per_round, callbacks=callbacks, checkpoint_dir=checkpoint_dir, seed=seed, engine=engine,
         max_parallel_clients=max_parallel_clients, aggregator=aggregator,
         client_sampling=client_sampling, attack=attack, verbose=verbose,
     )
@@ -322,7 +326,7 @@ def _run_round(plan: Plan, engine: Any, state: Any, round_num: int) -> tuple[Any
     logs.update(result.aggregation)
     logs.update(_round_extras(plan, clients, round_num))
     if (round_num + 1) % plan.evaluate_every == 0 or round_num == plan.rounds - 1:
-        logs.update(_evaluate(plan, engine, state))
+        logs.update(_evaluate(plan, engine, state, round_num))
     return state, logs
 
 
@@ -363,7 +367,7 @@ def _warn_non_finite(round_num: int, result: Any, expected_examples: int) -> Non
     )
 
 
-def _evaluate(plan: Plan, engine: Any, state: Any) -> dict[str, float]:
+def _evaluate(plan: Plan, engine: Any, state: Any, round_num: int) -> dict[str, float]:
     logs: dict[str, float] = {}
     if plan.validation is not None:
         x, y = plan.validation
@@ -372,7 +376,11 @@ def _evaluate(plan: Plan, engine: Any, state: Any) -> dict[str, float]:
         )
         logs.update({f"val_{k}": float(v) for k, v in results.items()})
     if plan.eval_clients is not None:
-        results = engine.evaluate(state, _whole_clients(plan.eval_clients))
+        data = plan.eval_clients
+        if plan.eval_clients_per_round is not None:
+            data = data.subset(sample_clients(data.client_ids, plan.eval_clients_per_round,
+                                              round_num, plan.seed, stream=2))
+        results = engine.evaluate(state, _whole_clients(data))
         logs.update({f"fed_eval_{k}": v for k, v in results.items()})
     return logs
 

@@ -12,6 +12,7 @@ from kerasfed.federated.clients.arguments import check_int
 from kerasfed.federated.clients.container import ClientData
 from kerasfed.federated.clients.conversion import KNOWN_KEY_PAIRS, as_client_data
 from kerasfed.federated.clients.errors import ClientDataError, ClientDataTypeError
+from kerasfed.federated.clients.on_disk import write_client_data
 from kerasfed.federated.clients.sampling import client_shuffle_seed, epoch_orders, sample_clients
 
 __all__ = [
@@ -24,4 +25,5 @@ __all__ = [
     "client_shuffle_seed",
     "epoch_orders",
     "sample_clients",
+    "write_client_data",
 ]

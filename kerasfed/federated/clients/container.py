@@ -1,14 +1,17 @@
 """The :class:`ClientData` mapping: clients' ``(x, y)`` numpy arrays.
 
-Simulation datasets fit in memory, so every input kind is materialised to numpy
-once (see :func:`as_client_data`); validation, sampling and the per-round
+Every input kind is materialised to numpy once (see :func:`as_client_data`),
+except clients on disk (``ClientData.from_directory`` / ``from_sqlite``), which
+are read when a round asks for them; validation, sampling and the per-round
 ``tf.data`` pipelines then work on plain arrays, reproducible from numpy seeds.
 """
 
 from __future__ import annotations
 
 import collections.abc
+import os
 from collections.abc import Iterable, Iterator, Mapping
+from typing import Any
 
 import numpy as np
 import tensorflow as tf
@@ -104,6 +107,41 @@ class ClientData(collections.abc.Mapping):
         self._data = data
         self._ids = list(data)
 
+    @classmethod
+    def _of_store(cls, store: Any) -> ClientData:
+        # Data read when a client is asked for (on_disk.ClientStore); nothing loaded here.
+        data = cls.__new__(cls)
+        data._data = store
+        data._ids = list(store)
+        if not data._ids:
+            raise ClientDataError(f"There are no clients in {store.description}.")
+        return data
+
+    @classmethod
+    def from_directory(cls, directory: str | os.PathLike) -> ClientData:
+        """Clients on disk, written by ``kerasfed.write_client_data``: only an
+        index is read now; each client's arrays when a round samples it."""
+        from kerasfed.federated.clients.on_disk import open_client_directory
+
+        return cls._of_store(open_client_directory(directory))
+
+    @classmethod
+    def from_sqlite(cls, path: str | os.PathLike, *, split: str | None = None,
+                    feature_key: str = "pixels", label_key: str = "label",
+                    feature_shape: tuple[int, ...] | None = None) -> ClientData:
+        """Clients of a TFF SQLite client-data file, read per client when sampled
+        (see ``on_disk.open_sqlite_client_data`` for the arguments)."""
+        from kerasfed.federated.clients.on_disk import open_sqlite_client_data
+
+        return cls._of_store(open_sqlite_client_data(
+            path, split=split, feature_key=feature_key, label_key=label_key,
+            feature_shape=feature_shape))
+
+    @property
+    def on_disk(self) -> bool:
+        """Whether clients' arrays are read from disk when asked for."""
+        return not isinstance(self._data, dict)
+
     # -- Mapping -----------------------------------------------------------------
     def __getitem__(self, cid: str) -> tuple[np.ndarray, np.ndarray]:
         try:
@@ -129,7 +167,7 @@ class ClientData(collections.abc.Mapping):
     __hash__ = object.__hash__
 
     def __repr__(self) -> str:
-        total = sum(len(x) for x, _ in self._data.values())
+        total = sum(self.num_examples(cid) for cid in self._ids)
         return (
             f"ClientData({len(self)} clients, {total} examples, "
             f"x: {self.feature_shape} {self.feature_dtype}, "
@@ -143,27 +181,38 @@ class ClientData(collections.abc.Mapping):
         return list(self._ids)
 
     def num_examples(self, cid: str) -> int:
-        """The number of examples of client ``cid``."""
+        """The number of examples of client ``cid`` (from the index when on disk)."""
+        counter = getattr(self._data, "num_examples", None)
+        if counter is not None and cid in self._data:
+            return counter(cid)
         return len(self[cid][0])
 
     @property
     def feature_shape(self) -> tuple[int, ...]:
         """The shape of one example's features (first client's; see :meth:`validate`)."""
+        if self.on_disk:
+            return self._data.spec[0]
         return self._data[self._ids[0]][0].shape[1:]
 
     @property
     def feature_dtype(self) -> np.dtype:
         """The features' numpy dtype (first client's)."""
+        if self.on_disk:
+            return self._data.spec[1]
         return self._data[self._ids[0]][0].dtype
 
     @property
     def label_shape(self) -> tuple[int, ...]:
         """The shape of one example's label (first client's): ``()`` for sparse labels."""
+        if self.on_disk:
+            return self._data.spec[2]
         return self._data[self._ids[0]][1].shape[1:]
 
     @property
     def label_dtype(self) -> np.dtype:
         """The labels' numpy dtype (first client's)."""
+        if self.on_disk:
+            return self._data.spec[3]
         return self._data[self._ids[0]][1].dtype
 
     @property
@@ -255,6 +304,10 @@ class ClientData(collections.abc.Mapping):
         cids = list(cids)
         if len(set(cids)) != len(cids):
             raise ValueError(f"`cids` contains duplicates: {cids!r}.")
+        if self.on_disk:
+            for cid in cids:
+                self.num_examples(cid) if cid in self._data else self[cid]  # KeyError naming it
+            return ClientData._of_store(self._data.subset(cids))
         return ClientData({cid: self[cid] for cid in cids})
 
     def label_counts(self, num_classes: int | None = None) -> np.ndarray:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import collections.abc
+import os
 import sys
 from collections.abc import Callable
 from typing import Any
@@ -30,7 +31,8 @@ _MATERIALISE_CHUNK = 4096
 _ACCEPTED = (
     "a dict {client_id: (x, y)} of numpy arrays (or array-likes), "
     "a dict {client_id: tf.data.Dataset} whose elements are (x, y) or {'x': ..., 'y': ...}, "
-    "a kerasfed.ClientData, or a tff.simulation.datasets.ClientData"
+    "a kerasfed.ClientData, a tff.simulation.datasets.ClientData, or a path (a directory "
+    "written by kerasfed.write_client_data, or a TFF .sqlite client-data file)"
 )
 
 
@@ -54,7 +56,9 @@ def as_client_data(
       batches are concatenated. A dataset batched with ``drop_remainder=True``
       has a fixed leading dimension and would be read as single examples: call
       ``.unbatch()`` on it first.
-    * a ``tff.simulation.datasets.ClientData`` (each client's dataset as above).
+    * a ``tff.simulation.datasets.ClientData`` (each client's dataset as above);
+    * a path: a directory written by ``kerasfed.write_client_data``, or a TFF
+      SQLite client-data file (read per client when sampled, never all at once).
 
     Dict-shaped examples are split with ``feature_key``/``label_key`` when
     given, otherwise with the first of :data:`KNOWN_KEY_PAIRS` present
@@ -88,6 +92,16 @@ def as_client_data(
     keys = None if feature_key is None else (feature_key, label_key)
     if isinstance(clients, ClientData):
         return clients
+    if isinstance(clients, (str, os.PathLike)):
+        # A path: a kerasfed client directory, or a TFF SQLite file.
+        if os.path.isdir(clients):
+            return ClientData.from_directory(clients)
+        if not os.path.exists(clients):
+            raise ClientDataError(
+                f"`{what}` is the path {os.fspath(clients)!r}, which does not exist. Pass a "
+                f"directory written by kerasfed.write_client_data or a TFF .sqlite file.")
+        return ClientData.from_sqlite(clients, **(
+            {"feature_key": feature_key, "label_key": label_key} if keys else {}))
     if _is_tff_client_data(clients):
         ids = [str(c) for c in clients.client_ids]
         if not ids:

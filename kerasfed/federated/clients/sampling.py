@@ -21,6 +21,7 @@ def sample_clients(
     seed: int | None,
     *,
     poisson: bool = False,
+    stream: int = 0,
 ) -> list[str]:
     """The clients that take part in round ``round_num``.
 
@@ -30,6 +31,8 @@ def sample_clients(
     With ``poisson=True`` each client joins independently with probability
     ``clients_per_round / len(client_ids)`` (from ``default_rng([seed,
     round_num, 1])``), so a round may have any number of clients, none included.
+    ``stream`` > 1 draws an independent uniform sample from ``default_rng([seed,
+    round_num, stream])`` (``fit_federated`` samples evaluation clients with 2).
 
     Args:
         client_ids: All client ids (a list, or a ClientData).
@@ -61,7 +64,8 @@ def sample_clients(
         rng = np.random.default_rng(None if seed is None else [seed, round_num, 1])
         joined = rng.random(len(ids)) < clients_per_round / len(ids)
         return [cid for cid, j in zip(ids, joined) if j]
-    rng = np.random.default_rng(None if seed is None else [seed, round_num])
+    rng = np.random.default_rng(
+        None if seed is None else [seed, round_num] + ([stream] if stream else []))
     chosen = np.sort(rng.choice(len(ids), size=clients_per_round, replace=False))
     return [ids[i] for i in chosen]
 

@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 
 from kerasfed.distributed.tf_config import build_tf_config, read_tf_config
+from kerasfed.launch._output import _Lines
 from kerasfed.launch import (
     LaunchArgumentError,
     PrefixedOutput,
@@ -432,7 +433,75 @@ def test_make_plan_script_errors(script, match, tmp_path, monkeypatch):
 
 def test_make_plan_accepts_a_directory_with_main(tmp_path):
     (tmp_path / "__main__.py").write_text("")
-    assert make_plan(str(tmp_path)).command[1] == str(tmp_path)
+    assert make_plan(str(tmp_path)).command[-1] == str(tmp_path)
+
+
+def test_workers_run_through_the_bootstrap_unless_told_not_to(tmp_path):
+    script = tmp_path / "train.py"
+    script.write_text("")
+    assert make_plan(str(script), ["--x"]).command[1:] == (
+        "-m", "kerasfed.launch.bootstrap", str(script), "--x")
+    assert make_plan(str(script), ["--x"], auto_strategy=False).command[1:] == (str(script), "--x")
+
+
+def test_bootstrap_runs_the_script_as_python_would(tmp_path):
+    # No TF_CONFIG of several workers: nothing is created, TensorFlow is not imported.
+    (tmp_path / "helper.py").write_text("VALUE = 7\n")
+    (tmp_path / "main.py").write_text(
+        "import sys, helper\n"
+        "print(__name__, sys.argv[1:], helper.VALUE, 'tensorflow' in sys.modules)\n"
+        "sys.exit(int(sys.argv[1]))\n")
+    for code in (0, 3):
+        run = subprocess.run([sys.executable, "-m", "kerasfed.launch.bootstrap",
+                              str(tmp_path / "main.py"), str(code), "b"],
+                             capture_output=True, text=True, timeout=60)
+        assert run.returncode == code, run.stderr
+        assert run.stdout == f"__main__ ['{code}', 'b'] 7 False\n"
+
+
+def _pumped(chunks, *, terminal, label="0", live_bars="chief"):
+    class Sink(io.BytesIO):
+        def isatty(self):
+            return terminal
+
+    out = Sink()
+    output = PrefixedOutput(out, Sink(), live_bars=live_bars)
+    lines = _Lines(output, "stdout", f"[{label}] ".encode(), output.is_live("stdout", label))
+    for chunk in chunks:
+        lines.feed(chunk)
+    lines.close()
+    return out.getvalue()
+
+
+BAR = [b"Epoch 1/1\n", b"1/3 [=>..]", b"\b\b\b\b\b\b\b\b\b\b\r2/3 [==>.]",
+       b"\b\b\b\b\b\b\b\b\b\b\r3/3 [====] - 1s\n", b"done"]
+
+
+def test_progress_bars_without_a_terminal_show_their_final_line_once():
+    assert _pumped(BAR, terminal=False) == b"[0] Epoch 1/1\n[0] 3/3 [====] - 1s\n[0] done\n"
+
+
+def test_the_chiefs_bar_updates_in_place_on_a_terminal_and_the_others_do_not():
+    live = _pumped(BAR, terminal=True, label="0")
+    assert b"\r[0] 2/3 [==>.]\x1b[K" in live and live.endswith(b"[0] done\n")
+    assert b"\b" not in live
+    assert _pumped(BAR, terminal=True, label="1") == (
+        b"[1] Epoch 1/1\n[1] 3/3 [====] - 1s\n[1] done\n")
+    assert b"\r[1] 2/3" in _pumped(BAR, terminal=True, label="1", live_bars="all")
+
+
+def test_a_line_from_another_worker_is_printed_above_an_open_bar():
+    class Sink(io.BytesIO):
+        def isatty(self):
+            return True
+
+    out = Sink()
+    output = PrefixedOutput(out, Sink())
+    chief = _Lines(output, "stdout", b"[0] ", True)
+    other = _Lines(output, "stdout", b"[1] ", False)
+    chief.feed(b"1/3 [=>..]\r2/3 [==>.]")
+    other.feed(b"hello\n")
+    assert out.getvalue().endswith(b"\r\x1b[K[1] hello\n[0] 2/3 [==>.]")
 
 
 def test_ignored_sighup_stays_ignored_for_launcher_and_workers():

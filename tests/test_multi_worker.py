@@ -11,6 +11,7 @@ import glob
 import importlib.util
 import json
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -19,6 +20,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
+from kerasfed._compat import KERAS_3
 
 pytestmark = pytest.mark.distributed
 
@@ -187,3 +190,48 @@ def test_a_failing_worker_stops_the_launch(tmp_path, when):
     assert f"rank 1 fails {when} training" in run.stdout + run.stderr
     assert not (tmp_path / "result.rank0.npz").exists()
     assert elapsed < 120
+
+
+QUIET_END = ("failed to connect to all addresses", "Connection refused")
+
+
+def test_a_tutorial_script_runs_unmodified_under_the_launcher(tmp_path):
+    # The model is built before fit_distributed and no strategy is created: the
+    # launcher's bootstrap made the multi-worker strategy before the script ran.
+    run = launch("tutorial_worker.py", str(tmp_path))
+    check_ok(run)
+    ref_weights, ref_history = reference(64, 16, 2)
+    for rank in (0, 1):
+        result = tmp_path / f"tutorial.rank{rank}.npz"
+        assert_weights_close(dist_common.load_weights(result), ref_weights)
+        with np.load(result) as f:
+            np.testing.assert_allclose(f["loss"], ref_history["loss"], rtol=1e-5)
+    assert "[0] done __main__" in run.stdout and "[1] done __main__" in run.stdout
+    for noise in QUIET_END:  # workers finish together, without gRPC errors
+        assert noise not in run.stderr, run.stderr[-3000:]
+
+
+def test_without_the_bootstrap_the_clear_error_stays(tmp_path):
+    command = [*LAUNCH, "--workers", "2", "--no-auto-strategy",
+               str(SCRIPTS / "tutorial_worker.py"), str(tmp_path)]
+    run = subprocess.run(command, capture_output=True, text=True, timeout=TIMEOUT)
+    assert run.returncode != 0
+    assert "must be created before TensorFlow runs its first op" in run.stderr
+
+
+@pytest.mark.skipif(KERAS_3, reason="plain MultiWorkerMirroredStrategy + model.fit fails in "
+                    "Keras 3 itself (keras-team/keras#20585), with or without the launcher")
+def test_tensorflows_own_tutorial_still_runs(tmp_path):
+    run = launch("tf_tutorial_worker.py", str(tmp_path))
+    check_ok(run)
+    assert [(tmp_path / f"tf_tutorial.rank{r}").read_text() for r in (0, 1)] == ["2", "2"]
+
+
+def test_progress_bars_through_the_launcher_stay_bounded(tmp_path):
+    run = launch("tutorial_worker.py", str(tmp_path), "--progress")
+    check_ok(run)
+    lines = [re.sub(r"\x1b\[[0-9;]*[A-Za-z]", "", line) for line in run.stdout.splitlines()]
+    assert max(len(line) for line in lines) < 300, max(lines, key=len)[:500]
+    # No terminal: each epoch's bar appears once, in its final state, from the chief.
+    assert sum(line.startswith("[0] 4/4") for line in lines) == 2, run.stdout
+    assert "\r" not in run.stdout

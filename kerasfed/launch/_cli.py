@@ -10,10 +10,15 @@ from kerasfed.launch._runner import run
 DESCRIPTION = """\
 Start TensorFlow multi-worker training processes, like torchrun.
 
-Each worker runs `python SCRIPT ARGS...` with TF_CONFIG describing the cluster and
-its task, plus KERASFED_RANK, KERASFED_NUM_WORKERS, KERASFED_RESTART_COUNT and
+Each worker runs `python SCRIPT ARGS...` (through a small bootstrap that first
+creates the multi-worker strategy, so that the script may build its model before
+calling fit_distributed; --no-auto-strategy runs the script alone) with TF_CONFIG
+describing the cluster and its task, plus KERASFED_RANK, KERASFED_NUM_WORKERS, KERASFED_RESTART_COUNT and
 PYTHONUNBUFFERED=1; the rest of the environment is inherited and stdin is
 /dev/null. Every output line is prefixed with the worker's rank, e.g. "[0] ".
+Progress bars (lines redrawn with carriage returns) stay bars: worker 0's updates
+in place in a terminal, the others' show their final state once (--all-bars: all
+live).
 Options after SCRIPT go to the script unchanged.
 
 The launcher exits with the first failing worker's exit code (128+N for a death
@@ -32,7 +37,8 @@ networks (firewall).
 
 USAGE = (
     "%(prog)s [-h] [--workers N | --hosts HOST:PORT,... --rank R | --keep-tf-config]\n"
-    "       [--max-restarts K] [--grace-period SECONDS] SCRIPT [ARGS ...]"
+    "       [--no-auto-strategy] [--all-bars] [--max-restarts K] [--grace-period SECONDS]\n"
+    "       SCRIPT [ARGS ...]"
 )
 
 EPILOG = """\
@@ -85,6 +91,17 @@ def add_parser(subparsers: "argparse._SubParsersAction") -> argparse.ArgumentPar
         "start one worker with it",
     )
     parser.add_argument(
+        "--no-auto-strategy", action="store_true",
+        help="run `python SCRIPT` as it is; by default each worker first creates the "
+        "multi-worker strategy (before the script's first TensorFlow op), so that a "
+        "script that builds its model before calling fit_distributed works",
+    )
+    parser.add_argument(
+        "--all-bars", action="store_true",
+        help="show every worker's progress bars live; by default only worker 0's bar "
+        "updates in place (in a terminal) and the others show each bar's final line",
+    )
+    parser.add_argument(
         "--max-restarts", type=int, default=0, metavar="K",
         help="when a worker fails, stop all workers and restart them all, at most K times "
         "(default: 0); KERASFED_RESTART_COUNT tells workers which attempt they are",
@@ -132,8 +149,9 @@ def main(args: argparse.Namespace) -> int:
             keep_tf_config=args.keep_tf_config,
             max_restarts=args.max_restarts,
             grace_period=args.grace_period,
+            auto_strategy=not args.no_auto_strategy,
         )
     except LaunchArgumentError as e:
         args.parser.error(str(e))
-    return run(plan)
+    return run(plan, live_bars="all" if args.all_bars else "chief")
 

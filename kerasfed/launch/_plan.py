@@ -45,7 +45,9 @@ class LaunchPlan:
     """Checked arguments of one launch; build it with :func:`make_plan`.
 
     Attributes:
-        command: The worker command, ``(sys.executable, script, *script_args)``.
+        command: The worker command: ``(sys.executable, "-m",
+            "kerasfed.launch.bootstrap", script, *script_args)``, or without the
+            bootstrap (``--no-auto-strategy``) ``(sys.executable, script, ...)``.
         mode: ``"local"``, ``"hosts"`` or ``"keep"`` (see the module docstring).
         num_workers: Number of training processes in the whole cluster.
         hosts: ``"host:port"`` of every rank (``"hosts"`` mode), else empty.
@@ -156,12 +158,16 @@ def make_plan(
     max_restarts: int = 0,
     grace_period: float = DEFAULT_GRACE_PERIOD_S,
     environ: Mapping[str, str] | None = None,
+    auto_strategy: bool = True,
 ) -> LaunchPlan:
     """Checks the launch arguments together, before anything starts.
 
     Args:
         script: Path of the Python script each worker runs.
         script_args: Arguments passed to the script unchanged.
+        auto_strategy: Run the script through ``kerasfed.launch.bootstrap``, which
+            creates the multi-worker strategy before the script's first op
+            (default True; ``--no-auto-strategy`` turns it off).
         workers: Number of local workers (``--workers``). Defaults to 1; with
             ``hosts`` or ``keep_tf_config`` it may only be 1.
         hosts: Comma-separated ``"host:port"`` of every rank (``--hosts``).
@@ -194,7 +200,9 @@ def make_plan(
             f"--grace-period {grace_period}."
         )
     _check_script(script)
-    command = (sys.executable, script, *script_args)
+    # The bootstrap creates the multi-worker strategy before the script's first op.
+    runner = ("-m", "kerasfed.launch.bootstrap") if auto_strategy else ()
+    command = (sys.executable, *runner, script, *script_args)
     common = dict(command=command, max_restarts=max_restarts, grace_period=grace_period)
     replaced = (
         (f"{TF_CONFIG_VAR} is set in this environment; kerasfed launch gives its workers "

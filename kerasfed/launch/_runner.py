@@ -16,7 +16,7 @@ from kerasfed.launch._plan import LaunchPlan
 from kerasfed.launch._process_group import Event, ProcessGroup, Signalled, describe_exit
 
 
-def run(plan: LaunchPlan, output: PrefixedOutput | None = None) -> int:
+def run(plan: LaunchPlan, output: PrefixedOutput | None = None, *, live_bars: str = "chief") -> int:
     """Starts the plan's workers and supervises them until they are all gone.
 
     Must run in the main thread (signal handlers, and ``PR_SET_PDEATHSIG`` is tied
@@ -26,6 +26,8 @@ def run(plan: LaunchPlan, output: PrefixedOutput | None = None) -> int:
         plan: What to start, from :func:`kerasfed.launch.make_plan`.
         output: Where prefixed output goes. Defaults to this process's stdout and
             stderr.
+        live_bars: Whose progress bars are redrawn in place on a terminal:
+            ``"chief"`` (worker 0, default), ``"all"`` or ``"none"``.
 
     Returns:
         The exit code for the launcher, in shell convention.
@@ -34,7 +36,7 @@ def run(plan: LaunchPlan, output: PrefixedOutput | None = None) -> int:
         >>> plan = make_plan("train.py", ["--epochs", "3"], workers=2)  # doctest: +SKIP
         >>> exit_code = run(plan)                                      # doctest: +SKIP
     """
-    output = output or PrefixedOutput(sys.stdout, sys.stderr)
+    output = output or PrefixedOutput(sys.stdout, sys.stderr, live_bars=live_bars)
     events: queue.SimpleQueue[Event] = queue.SimpleQueue()
     # A signal that arrives between two attempts waits in the queue for the next
     # wait(), so none is lost. A signal ignored on entry stays ignored (`nohup

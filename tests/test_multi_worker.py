@@ -198,7 +198,7 @@ QUIET_END = ("failed to connect to all addresses", "Connection refused")
 def test_a_tutorial_script_runs_unmodified_under_the_launcher(tmp_path):
     # The model is built before fit_distributed and no strategy is created: the
     # launcher's bootstrap made the multi-worker strategy before the script ran.
-    run = launch("tutorial_worker.py", str(tmp_path))
+    run = launch("tutorial_worker.py", str(tmp_path), "--progress")
     check_ok(run)
     ref_weights, ref_history = reference(64, 16, 2)
     for rank in (0, 1):
@@ -209,6 +209,12 @@ def test_a_tutorial_script_runs_unmodified_under_the_launcher(tmp_path):
     assert "[0] done __main__" in run.stdout and "[1] done __main__" in run.stdout
     for noise in QUIET_END:  # workers finish together, without gRPC errors
         assert noise not in run.stderr, run.stderr[-3000:]
+    # Progress bars through the launcher stay bounded: no terminal here, so each
+    # epoch's bar appears once, in its final state.
+    lines = [re.sub(r"\x1b\[[0-9;]*[A-Za-z]", "", line) for line in run.stdout.splitlines()]
+    assert max(len(line) for line in lines) < 300, max(lines, key=len)[:500]
+    assert sum(line.startswith("[0] 4/4") for line in lines) == 2, run.stdout
+    assert "\r" not in run.stdout
 
 
 def test_without_the_bootstrap_the_clear_error_stays(tmp_path):
@@ -225,13 +231,3 @@ def test_tensorflows_own_tutorial_still_runs(tmp_path):
     run = launch("tf_tutorial_worker.py", str(tmp_path))
     check_ok(run)
     assert [(tmp_path / f"tf_tutorial.rank{r}").read_text() for r in (0, 1)] == ["2", "2"]
-
-
-def test_progress_bars_through_the_launcher_stay_bounded(tmp_path):
-    run = launch("tutorial_worker.py", str(tmp_path), "--progress")
-    check_ok(run)
-    lines = [re.sub(r"\x1b\[[0-9;]*[A-Za-z]", "", line) for line in run.stdout.splitlines()]
-    assert max(len(line) for line in lines) < 300, max(lines, key=len)[:500]
-    # No terminal: each epoch's bar appears once, in its final state, from the chief.
-    assert sum(line.startswith("[0] 4/4") for line in lines) == 2, run.stdout
-    assert "\r" not in run.stdout

@@ -416,3 +416,25 @@ def test_a_saved_state_that_does_not_fit_is_refused():
     neutral.weights[0] = neutral.weights[0][:, :3]
     with pytest.raises(ValueError, match=r"weights\[0\] was saved with shape \(5, 3\)"):
         engine.from_neutral(neutral)
+
+
+def test_embedding_models_train_like_keras():
+    # An Embedding's gradient is IndexedSlices; the native engine makes it dense.
+    rng = np.random.default_rng(3)
+    clients = {f"c{i}": (rng.integers(0, 12, (n, 6)).astype("int32"),
+                         rng.integers(0, CLASSES, n).astype("int32"))
+               for i, n in enumerate((9, 14))}
+
+    def make_model():
+        keras.utils.set_random_seed(2)
+        model = keras.Sequential([keras.Input((6,), dtype="int32"), keras.layers.Embedding(12, 4),
+                                  keras.layers.LSTM(5),
+                                  keras.layers.Dense(CLASSES, activation="softmax")])
+        model.compile(optimizer=keras.optimizers.SGD(0.2),
+                      loss="sparse_categorical_crossentropy")
+        return model
+
+    history = kerasfed.fit_federated(make_model(), clients, rounds=1, batch_size=4,
+                                     shuffle=False, engine="native", verbose=0)
+    reference = _keras_fedavg(make_model, clients, epochs=1, batch_size=4)
+    assert _max_diff(history.model.get_weights(), reference) < 1e-5

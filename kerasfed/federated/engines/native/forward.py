@@ -131,7 +131,7 @@ class StatelessForward:
             loss_sum, elements = self._loss(y, pred, mask)
             loss = loss_sum / (tf.maximum(count, 1.0) * elements) + reg
         grads = tape.gradient(loss, params, unconnected_gradients=tf.UnconnectedGradients.ZERO)
-        return list(grads), new_state, loss_sum, elements, pred
+        return _dense(grads), new_state, loss_sum, elements, pred
 
     def call(self, params, state, x, *, training: bool):
         if KERAS_3:
@@ -176,7 +176,13 @@ class VariableForward:
             loss, self.trainable, unconnected_gradients=tf.UnconnectedGradients.ZERO
         )
         new_state = [tf.identity(v) for v in self.non_trainable]
-        return list(grads), new_state, loss_sum, elements, pred
+        return _dense(grads), new_state, loss_sum, elements, pred
+
+
+def _dense(grads) -> list[tf.Tensor]:
+    # An Embedding's gradient is IndexedSlices (the rows looked up); the update
+    # rules and the stacked client outputs need dense tensors, as TFF's do.
+    return [tf.convert_to_tensor(g) if isinstance(g, tf.IndexedSlices) else g for g in grads]
 
 
 def _weight_attributes(model: keras.Model) -> list[tuple[Any, str]]:

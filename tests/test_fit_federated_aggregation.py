@@ -52,8 +52,9 @@ def _accuracy(history):
     return history.history["val_accuracy"][-1]
 
 
-# The combiners are engine-neutral numpy (tested alone in test_aggregators.py); the
-# end-to-end robustness runs once, under Keras 3, to keep the suite short.
+# The aggregators are engine-neutral numpy (tested alone in test_aggregators.py),
+# so the end-to-end runs happen once, under Keras 3, to keep the suite short; the
+# Keras 2 native engine runs them in the comparisons with the TFF engine below.
 keras_3_only = pytest.mark.skipif(not KERAS_3, reason="run in the Keras 3 environment")
 ROBUST = ["median", agg.TrimmedMean(beta=0.3), agg.Krum(byzantine=3), agg.Bulyan(byzantine=1)]
 
@@ -92,6 +93,7 @@ def test_dp_without_noise_and_a_huge_clip_is_unweighted_fedavg(digits):
     assert dp.history["epsilon"] == [float("inf")] * 2
 
 
+@keras_3_only
 def test_dp_history_has_epsilon_per_round_from_dp_accounting(digits):
     from kerasfed.federated.aggregators import accounting
 
@@ -112,6 +114,7 @@ def test_dp_history_has_epsilon_per_round_from_dp_accounting(digits):
     assert len(h["clients"]) == 3 and len(h["noise_std"]) == 3
 
 
+@keras_3_only
 def test_quantize_8_bits_keeps_accuracy_and_shrinks_bytes(digits):
     clients, test = digits
     dense = _fit(clients, test)
@@ -121,6 +124,7 @@ def test_quantize_8_bits_keeps_accuracy_and_shrinks_bytes(digits):
     assert 3.0 < ratio <= 4.0  # 32/8 for the update; metric sums stay dense
 
 
+@keras_3_only
 def test_top_k_and_adaptive_clip_resume_from_a_checkpoint_exactly(digits, tmp_path):
     clients, test = digits
     chain = [kerasfed.ClipNorm(0.5, target_quantile=0.5), kerasfed.TopK(0.1), "mean"]
@@ -134,6 +138,7 @@ def test_top_k_and_adaptive_clip_resume_from_a_checkpoint_exactly(digits, tmp_pa
     assert whole.history["clip_norm"] == resumed.history["clip_norm"]
 
 
+@keras_3_only
 def test_poisson_sampling_varies_the_round_size(digits):
     clients, test = digits
     history = _fit(clients, test, rounds=6, clients_per_round=5, client_sampling="poisson")
@@ -141,6 +146,7 @@ def test_poisson_sampling_varies_the_round_size(digits):
     assert len(set(sizes)) > 1 and all(0 <= s <= 10 for s in sizes)
 
 
+@keras_3_only
 def test_a_round_with_too_few_clients_for_krum_keeps_the_weights(digits):
     clients, test = digits
     with pytest.warns(RuntimeWarning, match="needs at least 5 clients"):

@@ -40,7 +40,9 @@ the strategy first, at the top of the worker script:
     kerasfed.fit_distributed(model, x, y)   # strategy="auto" reuses it
 
 or pass a zero-argument function that builds and compiles the model, and NumPy \
-arrays or a dataset_fn as data: fit_distributed(build_model, x, y)."""
+arrays or a dataset_fn as data: fit_distributed(build_model, x, y). Workers started \
+by `kerasfed launch` need neither: its bootstrap creates the strategy when the \
+script imports TensorFlow (unless --no-auto-strategy)."""
 
 
 class _MultiWorkerMirroredStrategy(tf.distribute.MultiWorkerMirroredStrategy):

@@ -72,7 +72,7 @@ ROWS = [
     Row("femnist-E1-B10", "femnist", 1, 10, None, None),
 ]
 TARGETS = {"2nn": 0.97, "cnn": 0.99, "lstm": 0.54, "femnist": 0.75}
-LEARNING_RATES = {"2nn": 0.1, "cnn": 0.05, "lstm": 1.47, "femnist": 0.05}
+LEARNING_RATES = {"2nn": 0.1, "cnn": 0.2, "lstm": 1.47, "femnist": 0.05}
 
 
 # -- data -------------------------------------------------------------------------------------

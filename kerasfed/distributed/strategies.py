@@ -14,7 +14,10 @@ from typing import Callable, Union
 
 import tensorflow as tf
 
-from kerasfed._compat import KERAS_3
+# After `import tensorflow` (see multi_worker.py: kerasfed launch's bootstrap loads
+# it while this module may still be importing TensorFlow).
+from kerasfed.distributed.multi_worker import MultiWorkerStrategy as _MultiWorkerMirroredStrategy
+from kerasfed.distributed.multi_worker import make_multi_worker
 from kerasfed.distributed.tf_config import ClusterConfig, TFConfigError, read_tf_config
 
 StrategyLike = Union[str, tf.distribute.Strategy]
@@ -45,27 +48,6 @@ by `kerasfed launch` need neither: its bootstrap creates the strategy when the \
 script imports TensorFlow (unless --no-auto-strategy)."""
 
 
-class _MultiWorkerMirroredStrategy(tf.distribute.MultiWorkerMirroredStrategy):
-    """MultiWorkerMirroredStrategy whose ``reduce`` accepts what Keras 3 passes it.
-
-    Keras 3's TensorFlow trainer reduces its per-replica metric results with
-    ``strategy.reduce("MEAN", v, axis=0)``; on scalars the collective implementation
-    rejects ``axis=0`` ("Invalid reduction dimension 0 for input with 0 dimensions",
-    tensorflow/tensorflow#72388, keras-team/keras#20585), so ``fit`` fails under a
-    plain MultiWorkerMirroredStrategy. A mean over replicas (``axis=None``) is what
-    that call means for scalars, and what MirroredStrategy computes. Nests are
-    reduced leaf by leaf (Keras 3 also passes whole batches; see keras3_build.py).
-    """
-
-    def reduce(self, reduce_op, value, axis):  # noqa: D102 (see tf.distribute.Strategy)
-        def reduce_leaf(leaf):
-            parts = leaf.values if isinstance(leaf, tf.distribute.DistributedValues) else (leaf,)
-            leaf_axis = None if getattr(parts[0], "shape", None) is not None and parts[0].shape.rank == 0 else axis
-            return super(_MultiWorkerMirroredStrategy, self).reduce(reduce_op, leaf, leaf_axis)
-
-        return tf.nest.map_structure(reduce_leaf, value)
-
-
 def _default() -> tf.distribute.Strategy:
     return tf.distribute.get_strategy()
 
@@ -86,15 +68,8 @@ def _one_device() -> tf.distribute.Strategy:
 
 def _multi_worker() -> tf.distribute.Strategy:
     config = _cluster_config_for("multi_worker")
-    resolver = tf.distribute.cluster_resolver.SimpleClusterResolver(
-        tf.train.ClusterSpec(config.cluster),
-        task_type=config.task_type,
-        task_id=config.task_index,
-        num_accelerators={"GPU": len(tf.config.list_physical_devices("GPU"))},
-        rpc_layer="grpc",
-    )
     try:
-        return _MultiWorkerMirroredStrategy(cluster_resolver=resolver)
+        return make_multi_worker(config)
     except RuntimeError as err:
         if "program startup" not in str(err):
             raise
@@ -246,6 +221,10 @@ def _check_instance(strategy: tf.distribute.Strategy) -> None:
             "update); ParameterServerStrategy is asynchronous and not supported. Use "
             "strategy='multi_worker' (MultiWorkerMirroredStrategy) instead."
         )
+    # Imported here: `kerasfed launch`'s bootstrap creates a strategy while
+    # `kerasfed._compat` is still importing TensorFlow (see launch/bootstrap.py).
+    from kerasfed._compat import KERAS_3
+
     if (
         KERAS_3
         and isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy)

@@ -53,9 +53,12 @@ class _StrategyOnImport(importlib.abc.MetaPathFinder):
 
         def exec_module(module):
             real_exec(module)
-            from kerasfed.distributed.strategies import get_strategy
+            # The importer may be a half-imported kerasfed module: this path imports
+            # only multi_worker.py, which imports nothing else of kerasfed with TF.
+            from kerasfed.distributed.multi_worker import make_multi_worker
+            from kerasfed.distributed.tf_config import read_tf_config
 
-            get_strategy("multi_worker")
+            make_multi_worker(read_tf_config())
             self.created = True
 
         spec.loader.exec_module = exec_module  # this spec's loader is tensorflow's alone

@@ -150,9 +150,9 @@ class _Lines:
             elif text:
                 self._redraw(text)
         if self._bar and self._pending and self._live:
-            self._redraw(self._pending, keep=True)
+            self._redraw(self._pending)
 
-    def _redraw(self, text: bytes, keep: bool = False) -> None:
+    def _redraw(self, text: bytes) -> None:
         self._bar = text
         if self._live:
             self._output.draw_bar(self._stream, self._prefix + text)

@@ -306,7 +306,8 @@ class ClientData(collections.abc.Mapping):
             raise ValueError(f"`cids` contains duplicates: {cids!r}.")
         if self.on_disk:
             for cid in cids:
-                self.num_examples(cid) if cid in self._data else self[cid]  # KeyError naming it
+                if cid not in self._data:
+                    self[cid]  # raises the KeyError that names the known ids
             return ClientData._of_store(self._data.subset(cids))
         return ClientData({cid: self[cid] for cid in cids})
 

@@ -33,6 +33,11 @@ from kerasfed.federated.server_optimizers import (
     check_server_learning_rate,
     resolve_server_optimizer,
 )
+from kerasfed.federated.strategy_argument import (
+    agree_between_workers,
+    engine_for_strategy,
+    resolve_replicas,
+)
 
 _CALLER = "fit_federated"
 
@@ -91,6 +96,7 @@ class Plan:
     fingerprint: dict[str, str]
     seed: int
     verbose: int
+    replicas: Any = None
 
 
 def check_arguments(model: Any, clients: Any, **args: Any) -> Plan:
@@ -98,7 +104,9 @@ def check_arguments(model: Any, clients: Any, **args: Any) -> Plan:
 
     Raises: see ``fit_federated``.
     """
-    engine = resolve_engine(args["engine"])
+    engine = resolve_engine(engine_for_strategy(args["engine"], args["strategy"]))
+    # First: a multi-worker strategy is best created before the model function runs.
+    replicas = resolve_replicas(args["strategy"], engine)
     rounds = _check_int("rounds", args["rounds"], 1)
     local_epochs = _check_int("local_epochs", args["local_epochs"], 1)
     batch_size = _check_int("batch_size", args["batch_size"], 1)
@@ -108,7 +116,10 @@ def check_arguments(model: Any, clients: Any, **args: Any) -> Plan:
     max_parallel = args["max_parallel_clients"]
     if max_parallel is not None:
         max_parallel = _check_int("max_parallel_clients", max_parallel, 1)
-    verbose = resolve_verbose(check_verbose(args["verbose"], caller=_CALLER))
+    verbose = check_verbose(args["verbose"], caller=_CALLER)
+    # Workers other than the chief train silently unless asked (as fit_distributed).
+    quiet_worker = replicas is not None and not replicas.chief and verbose == "auto"
+    verbose = 0 if quiet_worker else resolve_verbose(verbose)
     callbacks = check_callbacks(args["callbacks"], caller=_CALLER)
     checkpoint_dir = _check_checkpoint_dir(args["checkpoint_dir"])
 
@@ -186,6 +197,9 @@ def check_arguments(model: Any, clients: Any, **args: Any) -> Plan:
             seed = checkpoint.seed
     if seed is None:
         seed = secrets.randbelow(2**31)  # recorded in History.params and checkpoints
+    seed = agree_between_workers(
+        replicas, seed=seed, rounds_completed=checkpoint.rounds_completed if checkpoint else 0,
+        checkpoint_dir=checkpoint_dir)
 
     return Plan(
         engine=engine, model=model, recipe=recipe, parts=parts, clients=client_data,
@@ -199,7 +213,7 @@ def check_arguments(model: Any, clients: Any, **args: Any) -> Plan:
         attackers=attack.attackers(client_data.client_ids, seed) if attack else frozenset(),
         label_rule=(num_classes, sparse), callbacks=callbacks,
         checkpoint_dir=checkpoint_dir, checkpoint=checkpoint, fingerprint=fingerprint,
-        seed=seed, verbose=verbose,
+        seed=seed, verbose=verbose, replicas=replicas,
     )
 
 

@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from kerasfed._compat import keras
+from kerasfed.distributed.paths import WorkerPaths
 from kerasfed.federated import checkpoint as ckpt
 from kerasfed.federated.arguments import (  # noqa: F401  (re-exported names)
     BATCHNORM_WARNING,
@@ -61,6 +62,7 @@ def fit_federated(
     aggregator: Any = "mean",
     client_sampling: str = "uniform",
     attack: Any = None,
+    strategy: Any = None,
     verbose: int | str = "auto",
 ) -> keras.callbacks.History:
     """Trains a compiled Keras model by federated learning, simulated in one process.
@@ -182,9 +184,15 @@ def fit_federated(
         evaluate_every=evaluate_every, evaluation_clients=evaluation_clients,
         evaluation_clients_per_round=evaluation_clients_per_round, callbacks=callbacks, checkpoint_dir=checkpoint_dir, seed=seed, engine=engine,
         max_parallel_clients=max_parallel_clients, aggregator=aggregator,
-        client_sampling=client_sampling, attack=attack, verbose=verbose,
+        client_sampling=client_sampling, attack=attack, strategy=strategy, verbose=verbose,
     )
-    return _train(plan)
+    replicas = plan.replicas
+    # Only the chief writes: other workers' file-writing callbacks write to a temp
+    # dir that is removed at the end (as fit_distributed's), and they save no checkpoint.
+    with WorkerPaths(is_chief=replicas is None or replicas.chief,
+                     rank=0 if replicas is None else replicas.rank) as paths:
+        paths.redirect(plan.callbacks)
+        return _train(plan)
 
 
 # -- Training ------------------------------------------------------------------------------
@@ -206,6 +214,9 @@ def _train(plan: Plan) -> keras.callbacks.History:
     )
     history.params = dict(history.params or {}, rounds=plan.rounds, seed=plan.seed,
                           engine=plan.engine, aggregator=plan.aggregator.describe())
+    if plan.replicas is not None:
+        history.params["replicas"] = plan.replicas.num_replicas
+        history.params["workers"] = plan.replicas.workers
     if plan.aggregator.dp is not None:
         history.params["dp_delta"] = plan.aggregator.dp.default_delta(len(plan.clients))
     model.stop_training = False
@@ -226,7 +237,7 @@ def _train(plan: Plan) -> keras.callbacks.History:
             with quiet_tensorflow():  # callbacks run outside: their logs stay visible
                 state, logs = _run_round(plan, engine, state, round_num)
             round_logs.append(dict(logs))
-            if plan.checkpoint_dir is not None:
+            if plan.checkpoint_dir is not None and (plan.replicas is None or plan.replicas.chief):
                 ckpt.save_checkpoint(plan.checkpoint_dir, ckpt.Checkpoint(
                     rounds_completed=round_num + 1, seed=plan.seed,
                     fingerprint=plan.fingerprint, round_logs=round_logs,
@@ -255,6 +266,7 @@ def _start_engine(plan: Plan) -> tuple[Any, Any]:
         largest_client=max(plan.clients.num_examples(c) for c in plan.clients.client_ids),
         local_epochs=plan.local_epochs, aggregator=plan.aggregator, attack=plan.attack,
         attackers=plan.attackers, seed=plan.seed, expected_clients=plan.expected_clients,
+        replicas=plan.replicas,
     )
     engine = make_engine(plan.engine, setup)
     try:

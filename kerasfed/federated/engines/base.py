@@ -105,6 +105,8 @@ class EngineSetup:
       attack: An ``Attack``, or None; ``attackers`` its clients.
       seed: The run's seed (aggregators and attacks draw from it per round).
       expected_clients: Clients a round is meant to have (DP's denominator).
+      replicas: The ``Replicas`` a round's clients are divided among (native
+        engine; None: this process alone).
     """
 
     model: Any
@@ -125,6 +127,7 @@ class EngineSetup:
     attackers: frozenset = frozenset()
     seed: int = 0
     expected_clients: int = 1
+    replicas: Any = None
 
 
 class Engine(abc.ABC):

@@ -156,7 +156,10 @@ class ClientWork:
         # loops share nothing, so TensorFlow runs them at the same time, one core
         # each (small convolutions use a second core poorly: measured 1.1x). The
         # metric updates, the only stateful ops, wait until a client is done.
-        num, k = x.shape[0], self.in_flight
+        # The chunk's client count is static unless chunks of several sizes came
+        # (Poisson rounds, replicas' shares): then the function is retraced for any.
+        num = x.shape[0] if x.shape[0] is not None else tf.shape(x)[0]
+        k = self.in_flight
         rule, mu, kind = self.rule, self.mu, self.kind
         arrays = lambda ref: [  # noqa: E731
             tf.TensorArray(t.dtype, size=num, element_shape=t.shape) for t in ref]

@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
@@ -35,6 +36,7 @@ from kerasfed.federated.engines.native import forward as fwd
 from kerasfed.federated.engines.native.client_work import ClientWork
 from kerasfed.federated.engines.native.optimizers import client_rule, server_rule
 from kerasfed.federated.engines.native.packing import pack_chunk
+from kerasfed.federated.replicas import Replicas
 
 LOG = logging.getLogger("kerasfed")
 
@@ -80,8 +82,14 @@ class NativeEngine(Engine):
         self._client_rule = client_rule(setup.client_optimizer) if setup.client_optimizer else None
         self._server_rule = server_rule(setup.server_optimizer, setup.server_learning_rate)
         self._loss = setup.parts.loss_per_example()
+        self._replicas = setup.replicas if setup.replicas is not None else Replicas()
+        # One set of metric objects per local replica (replica 0's are the round's
+        # totals): replicas train at the same time and sum them afterwards.
         self._metrics = [make() for make in setup.parts.metrics]
+        self._replica_metrics = [self._metrics] + [
+            [make() for make in setup.parts.metrics] for _ in self._replicas.devices[1:]]
         self._eval_metrics = [make() for make in setup.parts.metrics]
+        self._rounds_run = 0
 
         self._trainable = list(model.trainable_variables)
         self._non_trainable = list(model.non_trainable_variables)
@@ -92,29 +100,34 @@ class NativeEngine(Engine):
         self._x_spec, self._y_spec = x_spec, y_spec
 
         self.form, self._why = _choose_form(model, form)
-        self._work = self._build_work(self.form)
+        self._works = self._build_works(self.form)
         self._max_parallel = setup.max_parallel_clients
         self.bytes_to_client, self.bytes_from_client = self._payload_bytes()
         self._evaluate_batch = tf.function(self._evaluate_batch_fn, reduce_retracing=True)
 
     # -- form ---------------------------------------------------------------------
-    def _build_work(self, form: str) -> ClientWork:
+    def _build_works(self, form: str) -> list[ClientWork]:
+        """One compiled client computation per local replica (each its own metrics)."""
         lockstep = form.startswith("lockstep")
         if lockstep or fwd.StatelessForward.supported(self._model) is None:
             forward = fwd.StatelessForward(self._model, self._loss)
         else:
             forward = fwd.VariableForward(self._model, self._loss)
         stateless = isinstance(forward, fwd.StatelessForward)
-        return ClientWork(
-            forward, self._client_rule, kind=self._kind, mu=self._mu, metrics=self._metrics,
-            lockstep=lockstep, jit_compile=form.endswith("+xla"),
-            in_flight=_clients_in_flight() if stateless and not lockstep else 1,
-        )
+        return [
+            ClientWork(
+                forward, self._client_rule, kind=self._kind, mu=self._mu, metrics=metrics,
+                lockstep=lockstep, jit_compile=form.endswith("+xla"),
+                in_flight=_clients_in_flight() if stateless and not lockstep else 1,
+            )
+            for metrics in self._replica_metrics
+        ]
 
     def describe(self) -> str:
-        together = self._work.in_flight
+        together = self._works[0].in_flight
         side_by_side = f", {together} clients at a time" if together > 1 else ""
-        return f"native engine, {self.form}{side_by_side} ({self._why})"
+        spread = f", {self._replicas.describe()}" if self._replicas.distributed else ""
+        return f"native engine, {self.form}{side_by_side}{spread} ({self._why})"
 
     # -- state --------------------------------------------------------------------
     def initial_state(self, weights: Sequence[np.ndarray]) -> dict:
@@ -170,20 +183,60 @@ class NativeEngine(Engine):
 
     def train_round(self, state: dict, clients: Sequence[ClientRound],
                     round_num: int) -> tuple[dict, RoundResult]:
-        for metric in self._metrics:
-            metric.reset_state()
+        for metrics in self._replica_metrics:
+            for metric in metrics:
+                metric.reset_state()
         if not clients:
             return self._empty_round(state, round_num)
+        # Every worker divides the round's clients the same way, trains its own
+        # replicas' shares, then sums (or, for robust combiners, gathers) the results.
+        shares = self._replicas.split([len(c.x) for c in clients])
+        local = self._replicas.local_shares(shares)
+        outs = self._train_shares(state, clients, local)
+        sums = self._replicas.all_reduce([
+            self._sums(state, out, r, holds_first=bool(share) and share[0] == 0)
+            for r, (out, share) in enumerate(zip(outs, local))])
+        for metric, values in zip(self._metrics, sums.pop("metrics")):
+            for v, value in zip(metric.variables, values):
+                v.assign(value)
+        gathered = None
+        if not (self._chain.is_plain_mean and self._attack is None):
+            gathered = self._gather(state, outs, shares)
+        self._rounds_run += 1
+        return self._server_update(state, sums, gathered, [c.cid for c in clients], round_num)
+
+    def _train_shares(self, state: dict, clients: Sequence[ClientRound],
+                      local: list[list[int]]) -> list[dict | None]:
+        """Each local replica's clients trained on its device (None: it has none)."""
+        def train(r: int) -> dict | None:
+            if not local[r]:
+                return None
+            share = [clients[i] for i in local[r]]
+            with tf.device(self._replicas.devices[r]):
+                return self._train_share(state, share, r)
+
+        replicas = range(len(local))
+        # Replicas train side by side once the form has settled (a fallback
+        # rebuilds every replica's work) and when clients share no variables.
+        parallel = (len(local) > 1 and self._rounds_run > 0
+                    and isinstance(self._works[0].forward, fwd.StatelessForward))
+        if not parallel:
+            return [train(r) for r in replicas]
+        with ThreadPoolExecutor(len(local), thread_name_prefix="kerasfed-replica") as pool:
+            return list(pool.map(train, replicas))
+
+    def _train_share(self, state: dict, clients: Sequence[ClientRound], replica: int) -> dict:
         size = max(1, min(self.max_parallel_clients(clients), len(clients)))
         # The sequential form trains `in_flight` clients at a time: whole groups.
-        slots = -(-size // self._work.in_flight) * self._work.in_flight
+        in_flight = self._works[replica].in_flight
+        slots = -(-size // in_flight) * in_flight
         parts = []
         for start in range(0, len(clients), size):
-            parts.append(self._run_chunk(state, clients[start:start + size], slots))
-        merged = {key: _concat([p[key] for p in parts]) for key in parts[0]}
-        return self._server_update(state, merged, [c.cid for c in clients], round_num)
+            parts.append(self._run_chunk(state, clients[start:start + size], slots, replica))
+        return {key: _concat([p[key] for p in parts]) for key in parts[0]}
 
-    def _run_chunk(self, state: dict, chunk: Sequence[ClientRound], slots: int) -> dict:
+    def _run_chunk(self, state: dict, chunk: Sequence[ClientRound], slots: int,
+                   replica: int = 0) -> dict:
         packed = pack_chunk(
             chunk, batch_size=self._batch_size, num_slots=slots,
             feature_shape=tuple(self._x_spec.shape[1:]),
@@ -195,27 +248,28 @@ class NativeEngine(Engine):
         )
         real = np.zeros(slots, np.float32)
         real[: packed.real_clients] = 1.0
+        metrics = self._replica_metrics[replica]
         # Only FedAvg's client work drops a non-finite client's metrics (below).
-        snapshot = ([[v.numpy() for v in m.variables] for m in self._metrics]
+        snapshot = ([[v.numpy() for v in m.variables] for m in metrics]
                     if self._kind == "train" else None)
-        out = self._call_work(packed, real, state)
+        out = self._call_work(packed, real, state, replica)
         finite = _finite(out, self._kind)
         bad = real * (1.0 - finite.numpy().astype(np.float32))
         if bad.any() and self._kind == "train":
             # TFF resets the metrics of a client whose update is not finite (FedAvg's
             # client work; FedSGD and Mime-lite keep them): run the chunk again with
             # that client's metrics masked out.
-            for metric, values in zip(self._metrics, snapshot):
+            for metric, values in zip(metrics, snapshot):
                 for v, value in zip(metric.variables, values):
                     v.assign(value)
-            out = self._call_work(packed, real - bad, state)
+            out = self._call_work(packed, real - bad, state, replica)
         keep = packed.real_clients
         out = {k: (v[:keep] if not isinstance(v, list) else [t[:keep] for t in v])
                for k, v in out.items()}
         out["finite"] = finite[:keep]
         return out
 
-    def _call_work(self, packed, metric_mask, state) -> dict:
+    def _call_work(self, packed, metric_mask, state, replica: int = 0) -> dict:
         args = (
             tf.constant(packed.x), tf.constant(packed.y), tf.constant(packed.batches),
             tf.constant(packed.counts), tf.constant(metric_mask),
@@ -223,7 +277,7 @@ class NativeEngine(Engine):
         )
         while True:
             try:
-                return self._work.run(*args)
+                return self._works[replica].run(*args)
             except (ValueError, TypeError, NotImplementedError, tf.errors.OpError) as e:
                 fallback = _FALLBACK.get(self.form)
                 if fallback is None:
@@ -231,7 +285,7 @@ class NativeEngine(Engine):
                 LOG.warning("kerasfed: native engine: %s failed (%s: %s); using %s",
                             self.form, type(e).__name__, str(e).splitlines()[0][:200], fallback)
                 self.form, self._why = fallback, f"{self.form} failed: {type(e).__name__}"
-                self._work = self._build_work(self.form)
+                self._works = self._build_works(self.form)
 
     def _empty_round(self, state: dict, round_num: int) -> tuple[dict, RoundResult]:
         # Poisson sampling drew no client. DP-FedAvg still releases its noise (the
@@ -282,58 +336,115 @@ class NativeEngine(Engine):
                                                   state["aggregator"])
         return _unflatten(update, state["trainable"]), aggregator, logs, None
 
-    def _server_update(self, state: dict, out: dict, cids: Sequence[str],
-                       round_num: int) -> tuple[dict, RoundResult]:
-        # TFF's semantics (model_delta_client_work, fed_sgd, mime, mean and
-        # apply_optimizer_finalizer): a non-finite client update is zeroed and
-        # weighted 0 (the unweighted mean still counts it); a non-finite mean keeps
-        # the weights and the server optimizer state.
+    # -- combining the clients' results ------------------------------------------------
+    def _sums(self, state: dict, out: dict | None, replica: int, *, holds_first: bool) -> dict:
+        """What one local replica adds to the round: its clients' weighted update
+        sums, weights, example and loss totals, and metric totals (zeros for none)."""
+        update_key = "gradient" if self._kind == "gradient" else "delta"
+        # Keras metrics' variables are sums (totals, counts, confusion counts), which
+        # is how Keras itself aggregates them over replicas.
+        metrics = [[tf.convert_to_tensor(v) for v in m.variables]
+                   for m in self._replica_metrics[replica]]
+        if out is None:
+            zero = tf.constant(0.0)
+            sums = {
+                "weight": zero, "good": zero, "examples": zero, "loss": zero,
+                "update": [tf.zeros_like(t) for t in state["trainable"]],
+                "state": [tf.zeros_like(t) for t in state["non_trainable"]],
+                "metrics": metrics,
+            }
+            if self._kind == "mime":
+                sums["full"] = [tf.zeros_like(t) for t in state["trainable"]]
+            return sums
+        # TFF's semantics (model_delta_client_work, fed_sgd, mime and mean): a
+        # non-finite client update is zeroed and weighted 0 (the unweighted mean
+        # still counts it).
         finite = tf.cast(out["finite"], tf.float32)
         examples = out["examples"]
-        if self._weighted:
-            weight = examples * finite
-        else:
-            weight = tf.ones_like(examples)
-        total = tf.reduce_sum(weight)
+        weight = examples * finite if self._weighted else tf.ones_like(examples)
+        good = examples * finite
+        counted = finite if self._kind == "train" else tf.ones_like(finite)
+        sums = {
+            "weight": tf.reduce_sum(weight),
+            "good": tf.reduce_sum(good),
+            "examples": tf.reduce_sum(examples * counted),
+            "loss": tf.reduce_sum(tf.where(counted > 0, out["loss_sum"], 0.0)),
+            "update": [_weighted_sum(u, weight, finite) for u in out[update_key]],
+            # Beyond TFF (which keeps them frozen): float non-trainable weights
+            # (BatchNormalization's moving statistics) are averaged over the clients
+            # by examples; a seed state moves on to the round's first client's.
+            "state": [
+                _weighted_sum(s, good, finite) if s.dtype.is_floating and i is not None
+                else (s[0] if holds_first else tf.zeros_like(s[0]))
+                if s.dtype.is_integer and i is None else tf.zeros_like(s[0])
+                for s, i in zip(out["state"], self._non_trainable_pos)
+            ],
+            "metrics": metrics,
+        }
+        if self._kind == "mime":
+            sums["full"] = [_weighted_sum(g, weight) for g in out["gradient"]]
+        return sums
+
+    def _gather(self, state: dict, outs: list[dict | None], shares: list[list[int]]) -> dict:
+        """Every client's update, example count and finiteness, in the round's order."""
         update_key = "gradient" if self._kind == "gradient" else "delta"
+        width = max(len(s) for s in shares)
+        local = []
+        for out in outs:
+            if out is None:
+                local.append({
+                    "update": [tf.zeros([width, *t.shape], t.dtype) for t in state["trainable"]],
+                    "examples": tf.zeros([width]), "finite": tf.zeros([width])})
+                continue
+            pad = width - int(out["examples"].shape[0])
+            grow = lambda t: tf.pad(t, [[0, pad]] + [[0, 0]] * (t.shape.rank - 1))  # noqa: E731
+            local.append({"update": [grow(u) for u in out[update_key]],
+                          "examples": grow(out["examples"]),
+                          "finite": grow(tf.cast(out["finite"], tf.float32))})
+        stacked = self._replicas.all_gather(local)
+        position = np.empty(sum(len(s) for s in shares), np.int64)
+        for r, share in enumerate(shares):
+            for j, i in enumerate(share):
+                position[i] = r * width + j
+        return tf.nest.map_structure(lambda t: tf.gather(t, position), stacked)
+
+    def _server_update(self, state: dict, sums: dict, gathered: dict | None,
+                       cids: Sequence[str], round_num: int) -> tuple[dict, RoundResult]:
+        # As TFF's mean and apply_optimizer_finalizer: a non-finite mean keeps the
+        # weights and the server optimizer state.
         new = dict(state)
         logs: dict = {}
         skipped = None
-        if self._chain.is_plain_mean and self._attack is None:
-            mean = [_weighted_mean(u, weight, total, finite) for u in out[update_key]]
+        if gathered is None:
+            total = sums["weight"]
+            mean = [u / tf.cast(total, u.dtype) for u in sums["update"]]
         else:
+            finite, examples = gathered["finite"], gathered["examples"]
+            weight = examples * finite if self._weighted else tf.ones_like(examples)
             mean, new["aggregator"], logs, skipped = self._aggregate(
-                state, out[update_key], weight, finite, cids, round_num)
+                state, gathered["update"], weight, finite, cids, round_num)
         non_finite = mean is not None and not all(
             bool(tf.reduce_all(tf.math.is_finite(m))) for m in mean)
         if mean is not None and not non_finite:
             gradient = mean if self._kind == "gradient" else [-m for m in mean]
             new["optimizer"], new["trainable"] = self._server_rule.step(
                 state["optimizer"], state["trainable"], gradient)
-            # Beyond TFF (which keeps them frozen): BatchNormalization's moving
-            # statistics and other float non-trainable weights are averaged too.
-            good = examples * finite
-            good_total = tf.reduce_sum(good)
+            good_total = sums["good"]
             if float(good_total) > 0:
                 new["non_trainable"] = [
-                    _weighted_mean(s, good, good_total, finite)
-                    if s.dtype.is_floating and i is not None
-                    # A seed state moves on (the first client's), so that the next
-                    # round draws new random numbers.
-                    else s[0] if s.dtype.is_integer and i is None else g
-                    for s, g, i in zip(out["state"], state["non_trainable"],
+                    s / tf.cast(good_total, s.dtype) if s.dtype.is_floating and i is not None
+                    else s if s.dtype.is_integer and i is None else g
+                    for s, g, i in zip(sums["state"], state["non_trainable"],
                                        self._non_trainable_pos)
                 ]
         if self._kind == "mime":
             # Mime-lite advances the global optimizer state with the mean full
             # gradient every round, without TFF's finiteness check.
-            full = [_weighted_mean(g, weight, total) for g in out["gradient"]]
+            full = [f / tf.cast(sums["weight"], f.dtype) for f in sums["full"]]
             new["algorithm"], _ = self._client_rule.step(
                 state["algorithm"], [tf.zeros_like(t) for t in state["trainable"]], full)
-        counted = finite if self._kind == "train" else tf.ones_like(finite)
-        num_examples = int(round(float(tf.reduce_sum(examples * counted))))
-        loss = float(tf.reduce_sum(tf.where(counted > 0, out["loss_sum"], 0.0)))
-        metrics = {"loss": loss / num_examples if num_examples else float("nan")}
+        num_examples = int(round(float(sums["examples"])))
+        metrics = {"loss": float(sums["loss"]) / num_examples if num_examples else float("nan")}
         metrics.update((m.name, float(m.result())) for m in self._metrics)
         return new, RoundResult(metrics=metrics, num_examples=num_examples,
                                 update_non_finite=non_finite, aggregation=logs, skipped=skipped)
@@ -355,6 +466,10 @@ class NativeEngine(Engine):
         self._model.set_weights(self.get_weights(state))
         for metric in self._eval_metrics:
             metric.reset_state()
+        replicas = self._replicas
+        if replicas.workers > 1:  # each worker evaluates its share; the sums are added
+            shares = replicas.split([len(c.x) for c in clients])
+            clients = [clients[i] for i in replicas.worker_share(shares)]
         loss_sum, total = 0.0, 0
         for client in clients:
             for start in range(0, len(client.x), self._batch_size):
@@ -362,6 +477,17 @@ class NativeEngine(Engine):
                 y = client.y[start:start + self._batch_size]
                 loss_sum += float(self._evaluate_batch(tf.constant(x), tf.constant(y)))
                 total += len(x)
+        if replicas.workers > 1:
+            mine = {"loss": tf.constant(loss_sum, tf.float64),
+                    "total": tf.constant(total, tf.int64),
+                    "metrics": [[tf.convert_to_tensor(v) for v in m.variables]
+                                for m in self._eval_metrics]}
+            nothing = tf.nest.map_structure(tf.zeros_like, mine)
+            summed = replicas.all_reduce([mine] + [nothing] * (len(replicas.devices) - 1))
+            loss_sum, total = float(summed["loss"]), int(summed["total"])
+            for metric, values in zip(self._eval_metrics, summed["metrics"]):
+                for v, value in zip(metric.variables, values):
+                    v.assign(value)
         results = {"loss": loss_sum / max(total, 1)}
         results.update((m.name, float(m.result())) for m in self._eval_metrics)
         return results
@@ -441,15 +567,15 @@ def _finite(out: dict, kind: str) -> tf.Tensor:
     return tf.reduce_all(tf.stack(flags), axis=0)
 
 
-def _weighted_mean(stacked: tf.Tensor, weight: tf.Tensor, total: tf.Tensor,
-                   finite: tf.Tensor | None = None) -> tf.Tensor:
-    """``sum_i weight_i * stacked_i / total``; clients not ``finite`` count as zeros."""
+def _weighted_sum(stacked: tf.Tensor, weight: tf.Tensor,
+                  finite: tf.Tensor | None = None) -> tf.Tensor:
+    """``sum_i weight_i * stacked_i``; clients not ``finite`` count as zeros."""
     shape = [-1] + [1] * (len(stacked.shape) - 1)
     if finite is not None:
         ok = tf.reshape(finite > 0, shape)
         stacked = tf.where(ok, stacked, tf.zeros_like(stacked))
     w = tf.reshape(tf.cast(weight, stacked.dtype), shape)
-    return tf.reduce_sum(stacked * w, axis=0) / tf.cast(total, stacked.dtype)
+    return tf.reduce_sum(stacked * w, axis=0)
 
 
 def _unflatten(flat: np.ndarray, like: Sequence[tf.Tensor]) -> list[tf.Tensor]:

@@ -4,14 +4,18 @@ The same FedAvg work (the paper's MNIST 2NN or CNN, IID clients, 20 per round,
 E=1, B=10) runs in fresh processes, one per contestant:
 
   one         strategy=None: one process, one replica
+  one/2       the same with max_parallel_clients at half the round: how far float32
+              rounding alone moves the weights (ReLU kinks make 1e-8 grow over rounds)
   mirrored    strategy="mirrored" over two logical CPUs of one process
   workers     strategy="multi_worker": two worker processes on 127.0.0.1
               started by `kerasfed launch --workers 2`
   gpu         strategy="mirrored" over the local GPUs (skipped without one)
 
 Each prints its median round time (the first round, which compiles, left out)
-and its final weights; the table gives the ratio to `one` and the largest weight
-difference from it (the result must not depend on the replicas).
+and its weights; the table gives the ratio to `one` and the largest weight
+difference from it after round 1 and at the end (the result must not depend on
+the replicas beyond float32 rounding, which ReLU kinks amplify over rounds: see
+`one/2`), and the last round's training loss.
 
   python3 dev.py bench federated_replicas [--model cnn] [--data-dir ../shared/data/mnist]
   python3 dev.py bench --env latest federated_replicas
@@ -79,9 +83,11 @@ def contestant(args) -> None:
     import kerasfed
     from kerasfed._compat import keras
 
-    strategy = {"one": None, "mirrored": "mirrored", "gpu": "mirrored",
+    strategy = {"one": None, "one/2": None, "mirrored": "mirrored", "gpu": "mirrored",
                 "workers": "multi_worker"}[args.run]
+    chunk = args.per_round // 2 if args.run == "one/2" else None
     times: list[float] = []
+    first_weights: list = []
 
     class Clock(keras.callbacks.Callback):
         def on_epoch_begin(self, epoch, logs=None):
@@ -89,17 +95,20 @@ def contestant(args) -> None:
 
         def on_epoch_end(self, epoch, logs=None):
             times.append(time.perf_counter() - self.start)
+            if epoch == 0:
+                first_weights.extend(self.model.get_weights())
 
     model = build(args.model)
     history = kerasfed.fit_federated(
         model, clients(args.model, args.data_dir, args.clients, args.per_client),
         rounds=args.rounds, clients_per_round=args.per_round, batch_size=10, seed=0,
-        engine="native", strategy=strategy, callbacks=[Clock()], verbose=0)
+        engine="native", strategy=strategy, max_parallel_clients=chunk, callbacks=[Clock()],
+        verbose=0)
     if os.environ.get("KERASFED_RANK", "0") != "0":
         return
-    np.savez(args.out, *model.get_weights())
+    np.savez(args.out, *model.get_weights(), *first_weights)
     print("RESULT " + json.dumps({"seconds": statistics.median(times[1:]),
-                                  "first": times[0],
+                                  "first": times[0], "loss": history.history["loss"][-1],
                                   "form": history.params["engine_form"]}), flush=True)
 
 
@@ -148,21 +157,24 @@ def main() -> None:
           f"TensorFlow {tf.__version__}, {os.cpu_count()} CPU cores")
     with tempfile.TemporaryDirectory() as tmp:
         results, weights = {}, {}
-        for name in ("one", "mirrored", "workers", "gpu"):
-            out = os.path.join(tmp, f"{name}.npz")
+        for name in ("one", "one/2", "mirrored", "workers", "gpu"):
+            out = os.path.join(tmp, f"{name.replace('/', '_')}.npz")
             results[name] = run_contestant(name, args, out)
             if results[name] is not None:
                 saved = np.load(out)
-                weights[name] = [saved[k] for k in saved.files]
+                weights[name] = [saved[f"arr_{i}"] for i in range(len(saved.files))]
         base = results["one"]["seconds"]
-        print(f"{'contestant':<10} {'s/round':>8} {'vs one':>7} {'max |dw|':>9}  how")
+        print(f"{'contestant':<10} {'s/round':>8} {'vs one':>7} {'|dw| r1':>8} {'|dw| end':>9} "
+              f"{'loss':>7}  how")
         for name, r in results.items():
             if r is None:
                 print(f"{name:<10} {'skipped: no GPU here':>28}")
                 continue
-            diff = max(float(np.abs(a - b).max()) for a, b in zip(weights[name], weights["one"]))
-            print(f"{name:<10} {r['seconds']:8.3f} {r['seconds'] / base:6.2f}x {diff:9.1e}  "
-                  f"{r['form']}")
+            half = len(weights["one"]) // 2  # final weights, then round 1's
+            gaps = [np.abs(a - b).max() for a, b in zip(weights[name], weights["one"])]
+            end, first = float(max(gaps[:half])), float(max(gaps[half:]))
+            print(f"{name:<10} {r['seconds']:8.3f} {r['seconds'] / base:6.2f}x {first:8.1e} "
+                  f"{end:9.1e} {r['loss']:7.4f}  {r['form']}")
 
 
 if __name__ == "__main__":

@@ -216,9 +216,13 @@ class NativeEngine(Engine):
                 return self._train_share(state, share, r)
 
         replicas = range(len(local))
-        # Replicas train side by side once the form has settled (a fallback
-        # rebuilds every replica's work) and when clients share no variables.
-        parallel = (len(local) > 1 and self._rounds_run > 0
+        # Accelerators train side by side (threads), once the form has settled (a
+        # fallback rebuilds every replica's work) and when clients share no
+        # variables. Logical CPUs share one thread pool: side by side they only
+        # contend for it (2NN round, TF 2.21, two logical CPUs on 2 cores: 0.47 s
+        # in threads against 0.20 s one after the other), so they take turns.
+        accelerators = not any("CPU" in (d or "CPU").upper() for d in self._replicas.devices)
+        parallel = (len(local) > 1 and accelerators and self._rounds_run > 0
                     and isinstance(self._works[0].forward, fwd.StatelessForward))
         if not parallel:
             return [train(r) for r in replicas]

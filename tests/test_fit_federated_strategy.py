@@ -50,16 +50,28 @@ def history_diff(a: dict, b: dict) -> float:
 # -- equal to one process -------------------------------------------------------------
 
 
-def test_mirrored_over_two_logical_cpus_equals_one_process(tmp_path):
-    out = tmp_path / "mirrored.json"
-    run = subprocess.run([sys.executable, str(SCRIPTS / "fed_replicas.py"), "mirrored", str(out)],
+def run_mirrored(tmp_path, mode: str) -> dict:
+    out = tmp_path / f"{mode}.json"
+    run = subprocess.run([sys.executable, str(SCRIPTS / "fed_replicas.py"), mode, str(out)],
                          capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stderr[-4000:]
     results = json.loads(out.read_text())
-    assert set(results) == set(fed_replicas.CASES)
+    assert set(results) == {*fed_replicas.CASES, "fedavg_side_by_side"}
     for name, r in results.items():
-        assert r["replicas"] == 2 and "2 replicas (CPU:0, CPU:1)" in r["form"], (name, r)
+        assert r["replicas"] == 2 and "2 replicas" in r["form"], (name, r)
         assert r["weights"] < TOLERANCE and r["history"] < TOLERANCE, (name, r)
+    return results
+
+
+def test_mirrored_over_two_logical_cpus_equals_one_process(tmp_path):
+    results = run_mirrored(tmp_path, "mirrored")
+    assert all("(CPU:0, CPU:1)" in r["form"] for r in results.values())
+
+
+@pytest.mark.skipif(not tf.config.list_physical_devices("GPU"), reason="needs a GPU")
+def test_mirrored_over_gpus_equals_one_process(tmp_path):
+    results = run_mirrored(tmp_path, "gpu")
+    assert all("GPU" in r["form"] for r in results.values())
 
 
 def test_two_workers_through_launch_equal_one_process_and_resume_after_a_killed_worker(
@@ -72,7 +84,7 @@ def test_two_workers_through_launch_equal_one_process_and_resume_after_a_killed_
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     assert "restarting all workers (restart 1/1)" in run.stderr
     saved = [np.load(tmp_path / f"rank{r}.npz") for r in (0, 1)]
-    for name in fed_replicas.CASES:
+    for name in fed_replicas.WORKER_CASES:
         expected_weights, expected_history = one_process(name)
         for rank, found in enumerate(saved):
             assert int(found[f"{name}/replicas"]) == 2
@@ -111,7 +123,7 @@ def test_only_the_chief_writes_checkpoints_and_callback_files(tmp_path, monkeypa
     assert not (tmp_path / "ckpt").exists() or not any((tmp_path / "ckpt").iterdir())
 
 
-@pytest.mark.parametrize("strategy", ["default", "one_device", "auto"])
+@pytest.mark.parametrize("strategy", ["one_device", "auto"])  # "default": below
 def test_single_replica_strategies_equal_no_strategy(strategy):
     expected, expected_history = one_process("median")
     weights, history = fed_replicas.run_case("median", strategy)
@@ -196,3 +208,30 @@ def test_workers_resuming_from_different_rounds_is_an_error():
     with pytest.raises(StrategyError, match=r"different rounds \[3, 0\].*every worker sees"):
         strategy_argument.agree_between_workers(
             TwoWorkers([3, 0]), seed=5, rounds_completed=3, checkpoint_dir="ck")
+
+
+# -- a Poisson round without clients ------------------------------------------------------
+
+
+def test_a_private_round_without_clients_still_adds_its_noise():
+    # Seed 2 samples no client in round 1 (each of the 8 joins with probability
+    # 1/8). DP-FedAvg releases noise of std z * C / expected clients anyway, and
+    # the round counts in epsilon; without DP the weights stay.
+    model, train, _ = fed_replicas.make_problem()
+    start = model.get_weights()
+    dp = kerasfed.DPMean(noise_multiplier=1.0, clip_norm=0.5)
+    history = kerasfed.fit_federated(model, train, rounds=1, clients_per_round=1, batch_size=4,
+                                     seed=2, client_sampling="poisson", aggregator=dp,
+                                     engine="native", verbose=0)
+    assert history.history["clients"] == [0] and history.history["num_examples"] == [0]
+    moved = np.concatenate([(a - b).ravel() for a, b in zip(model.get_weights(), start)])
+    assert history.history["noise_std"][0] == pytest.approx(0.5)
+    assert np.std(moved) == pytest.approx(0.5, rel=0.25) and abs(np.mean(moved)) < 0.15
+    assert history.history["epsilon"][0] > 0
+
+    model, train, _ = fed_replicas.make_problem()
+    with pytest.warns(RuntimeWarning, match="no client was sampled"):
+        kerasfed.fit_federated(model, train, rounds=1, clients_per_round=1, batch_size=4, seed=2,
+                               client_sampling="poisson", engine="native", verbose=0)
+    for a, b in zip(model.get_weights(), start):
+        np.testing.assert_array_equal(a, b)

@@ -149,7 +149,9 @@ def test_every_example_goes_to_exactly_one_worker(tmp_path):
     assert len(files[0]) == len(files[1]) == 2 and not files[0] & files[1]
 
 
-@pytest.mark.parametrize("shuffle", [False, True])
+# Shuffled only: the unshuffled case resumes the same way and cost another 30-40 s
+# per environment.
+@pytest.mark.parametrize("shuffle", [True])
 def test_killed_worker_resumes_after_last_completed_epoch(tmp_path, shuffle):
     common = [*(["--shuffle", "3"] if shuffle else []), "--n", "64", "--batch", "16", "--epochs", "4"]
     run = launch(

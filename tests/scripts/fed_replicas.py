@@ -6,8 +6,11 @@ Usage:
   every case of ``CASES`` with ``strategy=None`` and with ``strategy="mirrored"``
   and writes the largest weight and History differences to OUT.json.
 
+  ``fed_replicas.py gpu OUT.json``: the same over the GPUs (one GPU is split into
+  two logical GPUs), to run where there is a GPU.
+
   ``fed_replicas.py worker OUT_DIR [--die-after-round K]``: one worker of a
-  ``kerasfed launch --workers 2`` job: runs the cases with
+  ``kerasfed launch --workers 2`` job: runs the ``WORKER_CASES`` with
   ``strategy="multi_worker"`` and a checkpoint_dir, a CSVLogger and a History file
   under OUT_DIR/user, and saves this worker's weights and History to
   OUT_DIR/rank{R}.npz. With ``--die-after-round K`` worker 1 kills itself
@@ -43,6 +46,11 @@ CASES = {
                            client_sampling="poisson"),
 }
 SEED = 11
+# Across worker processes, the two collectives: all-reduced sums (FedAvg, with
+# federated evaluation divided among the workers) and gathered updates (median).
+# The other cases take the same paths as under "mirrored" (each worker launch
+# costs its TensorFlow start-up, so the launch test runs only these).
+WORKER_CASES = ("fedavg", "median")
 
 
 def make_problem(batchnorm: bool = False):
@@ -103,16 +111,33 @@ def _history_diff(a: dict, b: dict) -> float:
     return worst
 
 
-def mirrored(out_path: str) -> None:
-    from kerasfed.distributed.devices import use_logical_cpus  # noqa: PLC0415
+def mirrored(out_path: str, device: str = "CPU") -> None:
+    import tensorflow as tf  # noqa: PLC0415
 
-    use_logical_cpus(2)
+    from kerasfed.distributed.devices import use_logical_cpus  # noqa: PLC0415
+    from kerasfed.federated.engines.native import engine as native_engine  # noqa: PLC0415
+
+    if device == "CPU":
+        use_logical_cpus(2)
+    else:
+        gpus = tf.config.list_physical_devices("GPU")
+        if len(gpus) == 1:
+            tf.config.set_logical_device_configuration(
+                gpus[0], [tf.config.LogicalDeviceConfiguration(memory_limit=2048)] * 2)
     out = {}
     for name in CASES:
         one, h1 = run_case(name, None)
         two, h2 = run_case(name, "mirrored")
         out[name] = {"weights": _max_diff(one, two), "history": _history_diff(h1.history, h2.history),
                      "replicas": h2.params.get("replicas"), "form": h2.params["engine_form"]}
+    # Replicas of one process train side by side (threads) on accelerators; the
+    # same code path, forced on the logical CPUs.
+    native_engine.side_by_side = lambda devices: True
+    one, h1 = run_case("fedavg", None)
+    two, h2 = run_case("fedavg", "mirrored")
+    out["fedavg_side_by_side"] = {"weights": _max_diff(one, two), "replicas": h2.params["replicas"],
+                                  "history": _history_diff(h1.history, h2.history),
+                                  "form": h2.params["engine_form"]}
     with open(out_path, "w") as f:
         json.dump(out, f)
 
@@ -132,7 +157,7 @@ def worker(out_dir: str, die_after_round: int | None) -> None:
                 os.kill(os.getpid(), signal.SIGKILL)
 
     saved = {}
-    for name in CASES:
+    for name in WORKER_CASES:
         callbacks = [keras.callbacks.CSVLogger(os.path.join(user, f"{name}.csv")), DieAfter()]
         weights, history = run_case(
             name, "multi_worker", callbacks=callbacks,
@@ -149,8 +174,8 @@ def worker(out_dir: str, die_after_round: int | None) -> None:
 
 if __name__ == "__main__":
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-    if sys.argv[1] == "mirrored":
-        mirrored(sys.argv[2])
+    if sys.argv[1] in ("mirrored", "gpu"):
+        mirrored(sys.argv[2], "CPU" if sys.argv[1] == "mirrored" else "GPU")
     else:
         die = int(sys.argv[4]) if len(sys.argv) > 4 and sys.argv[3] == "--die-after-round" else None
         worker(sys.argv[2], die)

@@ -84,20 +84,62 @@ def demo(args: list[str]) -> int:
 
 
 def test(args: list[str]) -> int:
-    """The whole suite in the default environment, then the data-parallel and
-    native-engine federated tests on the newest TF."""
-    python = ensure_env("default")
-    code = _run([python, "-m", "pytest", *args], cwd=ROOT, env=_quiet_env())
-    latest = ensure_env("latest")
-    code_latest = _run(
-        [latest, "-m", "pytest", "-m", "distributed or native", *args], cwd=ROOT, env=_quiet_env()
-    )
+    """The whole suite in the default environment and, at the same time, the
+    data-parallel and native-engine tests on the newest TF.
+
+    Side by side because part of the suites' time is spent waiting on worker
+    processes (TensorFlow imports, gRPC start-up, launcher restarts): measured on 2
+    cores, 18.6 min side by side against 21.4 min one after the other.
+    KERASFED_TEST_SERIAL=1 runs them one after the other. Each output line is
+    prefixed with its environment.
+    """
+    suites = [
+        ("tf2.14", [ensure_env("default"), "-m", "pytest", *args]),
+        ("tf2.21", [ensure_env("latest"), "-m", "pytest", "-m", "distributed or native", *args]),
+    ]
+    if os.environ.get("KERASFED_TEST_SERIAL"):
+        codes = [_run(cmd, cwd=ROOT, env=_quiet_env()) for _, cmd in suites]
+    else:
+        codes = _run_side_by_side(suites)
     print(
-        f"dev.py test: default environment (TF 2.14 + TFF) exit {code}; "
-        f"newest TensorFlow (data-parallel and native-engine tests) exit {code_latest}",
+        f"dev.py test: default environment (TF 2.14 + TFF) exit {codes[0]}; "
+        f"newest TensorFlow (data-parallel and native-engine tests) exit {codes[1]}",
         flush=True,
     )
-    return code or code_latest
+    return codes[0] or codes[1]
+
+
+def _run_side_by_side(suites: list[tuple[str, list]]) -> list[int]:
+    """Runs the commands at once, each line of their output prefixed; their exit codes."""
+    import threading  # noqa: PLC0415
+
+    lock = threading.Lock()
+    procs = []
+    for name, cmd in suites:
+        print(f"+ [{name}]", " ".join(str(c) for c in cmd), flush=True)
+        procs.append(subprocess.Popen([str(c) for c in cmd], cwd=ROOT, env=_quiet_env(),
+                                      stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                      text=True, bufsize=1))
+
+    def relay(name: str, proc: subprocess.Popen) -> None:
+        for line in proc.stdout:
+            with lock:
+                sys.stdout.write(f"[{name}] {line}")
+                sys.stdout.flush()
+
+    threads = [threading.Thread(target=relay, args=(name, proc))
+               for (name, _), proc in zip(suites, procs)]
+    for t in threads:
+        t.start()
+    try:
+        codes = [proc.wait() for proc in procs]
+    finally:  # interrupted: stop both suites (pytest ends its own children)
+        for proc in procs:
+            if proc.poll() is None:
+                proc.terminate()
+        for t in threads:
+            t.join()
+    return codes
 
 
 def bench(args: list[str]) -> int:

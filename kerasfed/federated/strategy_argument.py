@@ -50,8 +50,14 @@ def resolve_replicas(strategy: Any, engine: str) -> Replicas | None:
             f"strategy={strategy!r}. Use engine='native' (the default when a strategy is "
             f"given), or drop `strategy`."
         )
-    check_strategy(strategy)
-    instance = get_strategy(strategy)
+    if isinstance(strategy, tf.distribute.Strategy):
+        # Taken as it is: fit_federated never calls Model.fit, so a plain
+        # MultiWorkerMirroredStrategy under Keras 3 (which fit_distributed refuses
+        # for keras#20585) works here.
+        instance = strategy
+    else:
+        check_strategy(strategy)
+        instance = get_strategy(strategy)
     default = not tf.distribute.has_strategy() and instance is tf.distribute.get_strategy()
     if not default and not isinstance(instance, _SUPPORTED):
         raise StrategyError(

@@ -521,4 +521,3 @@ def test_ignored_sighup_stays_ignored_for_launcher_and_workers():
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(timeout=TIMEOUT) == 143
     assert "received SIGTERM" in LineReader(proc.stderr).rest()
-

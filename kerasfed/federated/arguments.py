@@ -98,6 +98,11 @@ class Plan:
     verbose: int
     replicas: Any = None
 
+    @property
+    def chief(self) -> bool:
+        """Whether this process writes files (always, without a multi-worker strategy)."""
+        return self.replicas is None or self.replicas.chief
+
 
 def check_arguments(model: Any, clients: Any, **args: Any) -> Plan:
     """Checks every argument of ``fit_federated``; returns the ``Plan``.

@@ -186,11 +186,10 @@ def fit_federated(
         max_parallel_clients=max_parallel_clients, aggregator=aggregator,
         client_sampling=client_sampling, attack=attack, strategy=strategy, verbose=verbose,
     )
-    replicas = plan.replicas
     # Only the chief writes: other workers' file-writing callbacks write to a temp
     # dir that is removed at the end (as fit_distributed's), and they save no checkpoint.
-    with WorkerPaths(is_chief=replicas is None or replicas.chief,
-                     rank=0 if replicas is None else replicas.rank) as paths:
+    with WorkerPaths(is_chief=plan.chief,
+                     rank=0 if plan.replicas is None else plan.replicas.rank) as paths:
         paths.redirect(plan.callbacks)
         return _train(plan)
 
@@ -237,7 +236,7 @@ def _train(plan: Plan) -> keras.callbacks.History:
             with quiet_tensorflow():  # callbacks run outside: their logs stay visible
                 state, logs = _run_round(plan, engine, state, round_num)
             round_logs.append(dict(logs))
-            if plan.checkpoint_dir is not None and (plan.replicas is None or plan.replicas.chief):
+            if plan.checkpoint_dir is not None and plan.chief:
                 ckpt.save_checkpoint(plan.checkpoint_dir, ckpt.Checkpoint(
                     rounds_completed=round_num + 1, seed=plan.seed,
                     fingerprint=plan.fingerprint, round_logs=round_logs,

@@ -19,7 +19,6 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any
 
-import numpy as np
 import tensorflow as tf
 
 from kerasfed.distributed.strategies import is_chief, worker_count, worker_rank
@@ -98,15 +97,6 @@ class Replicas:
         if self.num_replicas == 1:
             return local[0]
         return self._collective(local, lambda ctx, v: ctx.all_gather(v, axis=0))
-
-    def broadcast(self, value: Any) -> Any:
-        """``value`` (a nest of numbers or arrays) as worker 0 has it, on every worker."""
-        if self.workers == 1:
-            return value
-        zeros = tf.nest.map_structure(lambda v: np.zeros_like(np.asarray(v)), value)
-        leaves = [value if self.rank == 0 and r == 0 else zeros for r in range(len(self.devices))]
-        out = self.all_reduce([tf.nest.map_structure(tf.constant, v) for v in leaves])
-        return tf.nest.map_structure(lambda t: t.numpy(), out)
 
     def _collective(self, local: Sequence[Any], op: Callable) -> Any:
         strategy = self.strategy

@@ -151,6 +151,16 @@ def worker(out_dir: str, die_after_round: int | None) -> None:
     user = os.path.join(out_dir, "user")
     os.makedirs(user, exist_ok=True)
 
+    class CsvPath(keras.callbacks.Callback):
+        """Where this worker's CSVLogger writes while it trains (chief: the user's path)."""
+
+        def __init__(self, logger):
+            super().__init__()
+            self.logger, self.path = logger, None
+
+        def on_train_begin(self, logs=None):
+            self.path = os.path.abspath(self.logger.filename)
+
     class DieAfter(keras.callbacks.Callback):
         def on_epoch_end(self, epoch, logs=None):
             if rank == 1 and first_attempt and die_after_round == epoch + 1:
@@ -158,13 +168,16 @@ def worker(out_dir: str, die_after_round: int | None) -> None:
 
     saved = {}
     for name in WORKER_CASES:
-        callbacks = [keras.callbacks.CSVLogger(os.path.join(user, f"{name}.csv")), DieAfter()]
+        logger = keras.callbacks.CSVLogger(os.path.join(user, f"{name}.csv"))
+        csv_path = CsvPath(logger)
+        callbacks = [logger, csv_path, DieAfter()]
         weights, history = run_case(
             name, "multi_worker", callbacks=callbacks,
             checkpoint_dir=os.path.join(user, f"ckpt_{name}"))
         saved.update({f"{name}/{i}": w for i, w in enumerate(weights)})
         saved[f"{name}/history"] = np.array(json.dumps(history.history))
         saved[f"{name}/replicas"] = np.array(history.params["replicas"])
+        saved[f"{name}/csv"] = np.array(csv_path.path)
         die_after_round = None  # only in the first case
     np.savez(os.path.join(out_dir, f"rank{rank}.npz"), **saved)
     with open(os.path.join(out_dir, "pids.txt"), "a") as f:

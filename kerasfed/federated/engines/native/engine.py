@@ -200,9 +200,11 @@ class NativeEngine(Engine):
         sums = self._replicas.all_reduce([
             self._sums(state, out, r, holds_first=bool(share) and share[0] == 0)
             for r, (out, share) in enumerate(zip(outs, local))])
-        for metric, values in zip(self._metrics, sums.pop("metrics")):
-            for v, value in zip(metric.variables, values):
-                v.assign(value)
+        totals = sums.pop("metrics")
+        if self._replicas.distributed:  # one replica: its metrics are the totals already
+            for metric, values in zip(self._metrics, totals):
+                for v, value in zip(metric.variables, values):
+                    v.assign(value)
         gathered = None
         if not (self._chain.is_plain_mean and self._attack is None):
             gathered = self._gather(state, outs, shares)
@@ -349,7 +351,7 @@ class NativeEngine(Engine):
         # Keras metrics' variables are sums (totals, counts, confusion counts), which
         # is how Keras itself aggregates them over replicas.
         metrics = [[tf.convert_to_tensor(v) for v in m.variables]
-                   for m in self._replica_metrics[replica]]
+                   for m in self._replica_metrics[replica]] if self._replicas.distributed else []
         if out is None:
             zero = tf.constant(0.0)
             sums = {
@@ -393,6 +395,10 @@ class NativeEngine(Engine):
     def _gather(self, state: dict, outs: list[dict | None], shares: list[list[int]]) -> dict:
         """Every client's update, example count and finiteness, in the round's order."""
         update_key = "gradient" if self._kind == "gradient" else "delta"
+        if not self._replicas.distributed:  # one replica holds the round, in order
+            out = outs[0]
+            return {"update": out[update_key], "examples": out["examples"],
+                    "finite": tf.cast(out["finite"], tf.float32)}
         width = max(len(s) for s in shares)
         local = []
         for out in outs:

@@ -9,11 +9,13 @@ from __future__ import annotations
 import io
 import json
 import os
+import queue
 import re
 import selectors
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -21,6 +23,8 @@ import pytest
 
 from kerasfed.distributed.tf_config import build_tf_config, read_tf_config
 from kerasfed.launch._output import _Lines
+from kerasfed.launch._process_group import Signalled
+from kerasfed.launch._signals import signals_as_events
 from kerasfed.launch import (
     LaunchArgumentError,
     PrefixedOutput,
@@ -521,3 +525,46 @@ def test_ignored_sighup_stays_ignored_for_launcher_and_workers():
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(timeout=TIMEOUT) == 143
     assert "received SIGTERM" in LineReader(proc.stderr).rest()
+
+
+def test_a_signal_handled_by_another_thread_still_wakes_the_waiting_launcher():
+    """The launcher's wait must not depend on which thread the kernel picks.
+
+    The main thread blocks the signal, so the kernel delivers it to another thread;
+    a Python-level handler would then only run once the main thread's wait ended on
+    its own (the lost wake-up behind a CI failure). Through the wakeup fd the event
+    is in the queue at once.
+    """
+    events = queue.SimpleQueue()
+    idle = threading.Event()
+    bystander = threading.Thread(target=idle.wait)  # created unblocked: can take the signal
+    bystander.start()
+    old_mask = signal.pthread_sigmask(signal.SIG_BLOCK, [signal.SIGUSR1])
+    try:
+        with signals_as_events(events, [signal.SIGUSR1]):
+            os.kill(os.getpid(), signal.SIGUSR1)
+            assert events.get(timeout=TIMEOUT) == Signalled(signal.SIGUSR1)
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
+        idle.set()
+        bystander.join()
+
+
+def test_signals_as_events_restores_handlers_and_keeps_ignored_signals_ignored():
+    events = queue.SimpleQueue()
+    before_usr1 = signal.signal(signal.SIGUSR1, signal.SIG_IGN)
+    before_usr2 = signal.getsignal(signal.SIGUSR2)
+    before_fd = signal.set_wakeup_fd(-1)
+    try:
+        with signals_as_events(events, [signal.SIGUSR1, signal.SIGUSR2]):
+            assert signal.getsignal(signal.SIGUSR1) is signal.SIG_IGN
+            assert callable(signal.getsignal(signal.SIGUSR2))
+            os.kill(os.getpid(), signal.SIGUSR1)  # ignored: no event
+            os.kill(os.getpid(), signal.SIGUSR2)
+            assert events.get(timeout=TIMEOUT) == Signalled(signal.SIGUSR2)
+        assert events.empty()
+        assert signal.getsignal(signal.SIGUSR2) == before_usr2
+        assert signal.set_wakeup_fd(-1) == -1  # the previous (none) was put back
+    finally:
+        signal.signal(signal.SIGUSR1, before_usr1)
+        signal.set_wakeup_fd(before_fd)

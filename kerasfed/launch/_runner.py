@@ -11,9 +11,10 @@ import queue
 import signal
 import sys
 
-from kerasfed.launch._output import LAUNCHER_SIGNALS, PrefixedOutput
+from kerasfed.launch._output import PrefixedOutput
 from kerasfed.launch._plan import LaunchPlan
-from kerasfed.launch._process_group import Event, ProcessGroup, Signalled, describe_exit
+from kerasfed.launch._process_group import Event, ProcessGroup, describe_exit
+from kerasfed.launch._signals import signals_as_events
 
 
 def run(plan: LaunchPlan, output: PrefixedOutput | None = None, *, live_bars: str = "chief") -> int:
@@ -39,20 +40,11 @@ def run(plan: LaunchPlan, output: PrefixedOutput | None = None, *, live_bars: st
     output = output or PrefixedOutput(sys.stdout, sys.stderr, live_bars=live_bars)
     events: queue.SimpleQueue[Event] = queue.SimpleQueue()
     # A signal that arrives between two attempts waits in the queue for the next
-    # wait(), so none is lost. A signal ignored on entry stays ignored (`nohup
-    # kerasfed launch ...` must survive SIGHUP, and so must its workers).
-    previous = {
-        s: signal.signal(s, lambda signum, _frame: events.put(Signalled(signum)))
-        for s in LAUNCHER_SIGNALS
-        if signal.getsignal(s) is not signal.SIG_IGN
-    }
-    try:
+    # wait(), so none is lost.
+    with signals_as_events(events):
         for note in plan.notes:
             output.message(note)
         return _supervise(plan, output, events)
-    finally:
-        for s, handler in previous.items():
-            signal.signal(s, handler)
 
 
 def _supervise(plan: LaunchPlan, output: PrefixedOutput, events: queue.SimpleQueue) -> int:

@@ -12,6 +12,11 @@ accuracy against rounds (``--plot``, needs matplotlib: the default environment).
 
   python3 dev.py bench --env latest paper_fedavg --data-dir ../shared/data --rows cnn-iid-E5-B10
   python3 dev.py bench paper_fedavg --data-dir ../shared/data --rows all --plot out/fedavg.png
+  python3 dev.py bench paper_fedavg --data-dir ../shared/data --rows none --plot out/fedavg.png
+
+Each row's test accuracy per round goes to ``--curves-dir`` (a CSV per row and
+split, written as the run goes, so a stopped run keeps its curve); ``--rows none``
+only redraws the plot from those CSVs.
 
 The paper tuned the client learning rate per row over a grid; we use one rate
 per model (``--lr``), so a row may need more rounds than the paper's for that
@@ -73,6 +78,9 @@ ROWS = [
 ]
 TARGETS = {"2nn": 0.97, "cnn": 0.99, "lstm": 0.54, "femnist": 0.75}
 LEARNING_RATES = {"2nn": 0.1, "cnn": 0.2, "lstm": 1.47, "femnist": 0.05}
+# FedSGD takes one full-batch step per round, so it wants a larger rate than the
+# minibatch rows (the paper tuned each row's rate separately).
+FEDSGD_LEARNING_RATES = {"2nn": 0.5, "cnn": 0.5, "lstm": 1.47}
 
 
 # -- data -------------------------------------------------------------------------------------
@@ -158,15 +166,31 @@ def make_model(task: str, lr: float, classes: int = 10):
 
 
 class StopAtTarget(keras.callbacks.Callback):
-    def __init__(self, target: float):
+    """Stops at the target accuracy; appends each round to a CSV as it goes.
+
+    The CSV (round, test accuracy, seconds since the start) keeps the curve of a
+    run that is stopped before it ends, and ``--plot`` draws every CSV it finds.
+    """
+
+    def __init__(self, target: float, csv_path: str, label: str):
         super().__init__()
         self.target, self.reached, self.curve = target, None, []
+        self.csv_path, self.label, self.started = csv_path, label, time.perf_counter()
+        with open(csv_path, "w") as f:
+            f.write("round,val_accuracy,seconds\n")
 
     def on_epoch_end(self, epoch, logs=None):
         accuracy = logs.get("val_accuracy")
         if accuracy is None:
             return
+        elapsed = time.perf_counter() - self.started
         self.curve.append((epoch + 1, accuracy))
+        with open(self.csv_path, "a") as f:
+            f.write(f"{epoch + 1},{accuracy:.5f},{elapsed:.1f}\n")
+        if (epoch + 1) % 10 == 0:
+            best = max(a for _, a in self.curve)
+            print(f"  {self.label}: round {epoch + 1}, accuracy {accuracy:.4f} (best {best:.4f}), "
+                  f"{elapsed:.0f} s", file=sys.stderr, flush=True)
         if accuracy >= self.target and self.reached is None:
             self.reached = epoch + 1
             self.model.stop_training = True
@@ -186,9 +210,12 @@ def run_row(row: Row, iid: bool, args) -> dict:
                                  else (clients[c] for c in clients.client_ids))]
     batch = row.batch or max(sizes)
     keras.utils.set_random_seed(seed)
-    lr = args.lr or LEARNING_RATES[row.task]
+    lr = args.lr or (FEDSGD_LEARNING_RATES if row.fedsgd else LEARNING_RATES)[row.task]
     model = make_model(row.task, lr, classes)
-    stop = StopAtTarget(TARGETS[row.task])
+    split = "iid" if iid else "non-iid"
+    os.makedirs(args.curves_dir, exist_ok=True)
+    stop = StopAtTarget(TARGETS[row.task], os.path.join(args.curves_dir, f"{row.name}-{split}.csv"),
+                        f"{row.name} {split}")
     started = time.perf_counter()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -203,7 +230,7 @@ def run_row(row: Row, iid: bool, args) -> dict:
     return {"reached": stop.reached, "curve": stop.curve,
             "seconds_per_round": float(np.median(history.history["round_seconds"]))
             if history.history.get("round_seconds") else float("nan"),
-            "total": time.perf_counter() - started}
+            "total": time.perf_counter() - started, "lr": lr}
 
 
 def main() -> None:
@@ -215,14 +242,19 @@ def main() -> None:
     parser.add_argument("--max-rounds", type=int, default=300)
     parser.add_argument("--lr", type=float, default=None, help="client learning rate")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--plot", default=None, help="write accuracy-vs-rounds to this PNG")
+    parser.add_argument("--curves-dir", default=os.path.join("out", "paper_fedavg"),
+                        help="where each row's per-round CSV goes (default out/paper_fedavg)")
+    parser.add_argument("--plot", default=None,
+                        help="write accuracy-vs-rounds of every CSV in --curves-dir to this PNG")
     args = parser.parse_args()
     chosen = ROWS if args.rows == "all" else [r for r in ROWS if r.name in args.rows.split(",")]
+    if args.rows == "none" and args.plot:  # only redraw the plot from earlier runs' CSVs
+        plot_curves(args.curves_dir, args.plot)
+        return
     if not chosen:
         sys.exit(f"no such rows: {args.rows}")
     print(f"{'row':16s} {'split':8s} {'target':>6s} {'paper':>6s} {'ours':>8s} {'ratio':>6s} "
-          f"{'s/round':>8s}")
-    curves = {}
+          f"{'s/round':>8s} {'lr':>6s}")
     for row in chosen:
         for split in args.splits.split(","):
             iid = split == "iid"
@@ -234,26 +266,37 @@ def main() -> None:
             shown = str(ours) if ours else f">{args.max_rounds}"
             ratio = f"{ours / paper:.2f}" if ours and paper else "-"
             print(f"{row.name:16s} {split:8s} {TARGETS[row.task]:6.2f} {paper or '-':>6} "
-                  f"{shown:>8s} {ratio:>6s} {result['seconds_per_round']:8.2f}", flush=True)
-            curves[f"{row.name} {split}"] = result["curve"]
+                  f"{shown:>8s} {ratio:>6s} {result['seconds_per_round']:8.2f} {result['lr']:6g}",
+                  flush=True)
     if args.plot:
-        import matplotlib
+        plot_curves(args.curves_dir, args.plot)
 
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
 
-        fig, ax = plt.subplots(figsize=(7, 4.5))
-        for label, curve in curves.items():
-            if curve:
-                ax.plot(*zip(*curve), label=label)
-        ax.set_xlabel("communication rounds")
-        ax.set_ylabel("test accuracy")
-        ax.set_ylim(0.8, 1.0)
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
-        os.makedirs(os.path.dirname(os.path.abspath(args.plot)), exist_ok=True)
-        fig.savefig(args.plot, dpi=120, bbox_inches="tight")
-        print(f"plot: {args.plot}")
+def plot_curves(curves_dir: str, path: str) -> None:
+    """Test accuracy against rounds, one line per row and split found in ``curves_dir``."""
+    curves = {}
+    for name in sorted(os.listdir(curves_dir)):
+        if name.endswith(".csv"):
+            data = np.loadtxt(os.path.join(curves_dir, name), delimiter=",", skiprows=1, ndmin=2)
+            if len(data):
+                curves[name[:-4]] = (data[:, 0], data[:, 1])
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for label, (rounds, accuracy) in curves.items():
+        ax.plot(rounds, accuracy, label=label, lw=1)
+    ax.set_xscale("log")
+    ax.set_xlabel("communication rounds")
+    ax.set_ylabel("test accuracy")
+    ax.set_ylim(0.7, 1.0)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    fig.savefig(path, dpi=120, bbox_inches="tight")
+    print(f"plot: {path}")
 
 
 if __name__ == "__main__":

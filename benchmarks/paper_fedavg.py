@@ -214,8 +214,8 @@ def run_row(row: Row, iid: bool, args) -> dict:
     model = make_model(row.task, lr, classes)
     split = "iid" if iid else "non-iid"
     os.makedirs(args.curves_dir, exist_ok=True)
-    stop = StopAtTarget(TARGETS[row.task], os.path.join(args.curves_dir, f"{row.name}-{split}.csv"),
-                        f"{row.name} {split}")
+    label = f"{row.name}-{split}" + (f"-lr{lr:g}" if args.lr else "")  # a rerun at another rate keeps both
+    stop = StopAtTarget(TARGETS[row.task], os.path.join(args.curves_dir, f"{label}.csv"), label)
     started = time.perf_counter()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")

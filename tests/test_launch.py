@@ -568,3 +568,23 @@ def test_signals_as_events_restores_handlers_and_keeps_ignored_signals_ignored()
     finally:
         signal.signal(signal.SIGUSR1, before_usr1)
         signal.set_wakeup_fd(before_fd)
+
+
+def test_signals_as_events_outside_the_main_thread_is_refused_and_leaves_nothing():
+    errors = []
+
+    def enter():
+        try:
+            with signals_as_events(queue.SimpleQueue()):
+                pass
+        except ValueError as e:
+            errors.append(e)
+
+    before = threading.active_count()
+    fds_before = len(os.listdir("/proc/self/fd"))
+    thread = threading.Thread(target=enter)
+    thread.start()
+    thread.join()
+    assert errors and "main thread" in str(errors[0])
+    assert threading.active_count() == before
+    assert len(os.listdir("/proc/self/fd")) == fds_before

@@ -41,15 +41,22 @@ def signals_as_events(
     caught = {int(s) for s in signals if signal.getsignal(s) is not signal.SIG_IGN}
     read_fd, write_fd = os.pipe()
     os.set_blocking(write_fd, False)  # set_wakeup_fd requires it; a full pipe drops bytes
+    try:
+        previous_fd = signal.set_wakeup_fd(write_fd, warn_on_full_buffer=False)
+    except ValueError:  # not the main thread
+        os.close(read_fd)
+        os.close(write_fd)
+        raise
     reader = threading.Thread(
         target=_forward, args=(read_fd, events, caught), name="launcher-signals", daemon=True
     )
     reader.start()
-    previous_fd = signal.set_wakeup_fd(write_fd, warn_on_full_buffer=False)
-    # The Python-level handler has nothing left to do, but one must be installed:
-    # the C handler (which writes the wakeup byte) only runs for handled signals.
-    previous = {s: signal.signal(s, _handled_by_the_reader) for s in caught}
+    previous = {}
     try:
+        # The Python-level handler has nothing left to do, but one must be installed:
+        # the C handler (which writes the wakeup byte) only runs for handled signals.
+        for s in caught:
+            previous[s] = signal.signal(s, _handled_by_the_reader)
         yield
     finally:
         for s, handler in previous.items():

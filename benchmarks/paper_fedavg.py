@@ -226,6 +226,7 @@ def run_row(row: Row, iid: bool, args) -> dict:
             # FedSGD: the server takes the step with the mean gradient (the
             # paper's FedSGD is FedAvg with E = 1, B = inf at the same rate).
             server_learning_rate=lr if row.fedsgd else 1.0, validation_data=test,
+            validation_batch_size=1000,  # the test set each round: B=10 would take longer than the round
             engine="native", seed=seed, callbacks=[stop], verbose=0)
     return {"reached": stop.reached, "curve": stop.curve,
             "seconds_per_round": float(np.median(history.history["round_seconds"]))

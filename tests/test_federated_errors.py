@@ -62,7 +62,8 @@ def _fit(model=None, clients=None, **kwargs):
 # -- Counts and choices -----------------------------------------------------------------
 
 
-@pytest.mark.parametrize("name", ["rounds", "local_epochs", "batch_size", "evaluate_every"])
+@pytest.mark.parametrize(
+    "name", ["rounds", "local_epochs", "batch_size", "evaluate_every", "validation_batch_size"])
 def test_counts_below_one(name):
     with pytest.raises(FederatedArgumentError, match=f"`{name}` to be an int >= 1. Received: {name}=0"):
         _fit(**{name: 0})
@@ -281,6 +282,12 @@ def test_evaluate_every_without_evaluation_data_warns():
     with pytest.warns(UserWarning, match="evaluate_every=3 has no effect without"), \
             pytest.raises(AssertionError, match="started TFF work"):
         _fit(evaluate_every=3)
+
+
+def test_validation_batch_size_without_validation_data_warns():
+    with pytest.warns(UserWarning, match="validation_batch_size=64 has no effect without"), \
+            pytest.raises(AssertionError, match="started TFF work"):
+        _fit(validation_batch_size=64)
 
 
 def test_local_epochs_with_fedsgd_warns():

@@ -438,3 +438,34 @@ def test_embedding_models_train_like_keras():
                                      shuffle=False, engine="native", verbose=0)
     reference = _keras_fedavg(make_model, clients, epochs=1, batch_size=4)
     assert _max_diff(history.model.get_weights(), reference) < 1e-5
+
+
+class _BatchCount(keras.metrics.Metric):
+    """Counts the batches it sees: how the validation data was batched."""
+
+    def __init__(self, name="batches", **kwargs):
+        super().__init__(name=name, **kwargs)
+        self.count = self.add_weight(name="count", shape=(), initializer="zeros")
+
+    def update_state(self, y_true, y_pred, sample_weight=None):
+        self.count.assign_add(1.0)
+
+    def result(self):
+        return self.count
+
+
+@pytest.mark.parametrize("validation_batch_size, batches", [(None, 13), (40, 3), (1000, 1)])
+def test_validation_batch_size_batches_the_validation_data(validation_batch_size, batches):
+    # 100 validation examples: batch_size 8 (the default for them) gives 13 batches.
+    x_val, y_val = _clients((100,), seed=5)["c0"]
+    model = _model()
+    model.compile(optimizer=keras.optimizers.SGD(0.1), loss="sparse_categorical_crossentropy",
+                  metrics=["accuracy", _BatchCount()])
+    history = kerasfed.fit_federated(
+        model, _clients(), rounds=1, batch_size=8, validation_data=(x_val, y_val),
+        validation_batch_size=validation_batch_size, engine="native", seed=0, verbose=0)
+    assert history.history["val_batches"] == [batches]
+    # The batching changes nothing else: the same loss as Keras over the whole set.
+    expected = model.evaluate(x_val, y_val, batch_size=100, verbose=0, return_dict=True)
+    assert abs(history.history["val_loss"][0] - expected["loss"]) < 1e-6
+    assert history.history["val_accuracy"][0] == pytest.approx(expected["accuracy"])

@@ -77,6 +77,7 @@ class Plan:
     clients_per_round: int | None
     local_epochs: int
     batch_size: int
+    validation_batch_size: int
     shuffle: bool
     evaluate_every: int
     algorithm: Any
@@ -115,6 +116,9 @@ def check_arguments(model: Any, clients: Any, **args: Any) -> Plan:
     rounds = _check_int("rounds", args["rounds"], 1)
     local_epochs = _check_int("local_epochs", args["local_epochs"], 1)
     batch_size = _check_int("batch_size", args["batch_size"], 1)
+    validation_batch_size = args["validation_batch_size"]
+    if validation_batch_size is not None:
+        validation_batch_size = _check_int("validation_batch_size", validation_batch_size, 1)
     evaluate_every = _check_int("evaluate_every", args["evaluate_every"], 1)
     seed = args["seed"] if args["seed"] is None else _check_int("seed", args["seed"], 0)
     shuffle = _check_bool("shuffle", args["shuffle"])
@@ -180,6 +184,14 @@ def check_arguments(model: Any, clients: Any, **args: Any) -> Plan:
         algorithm, local_epochs, evaluate_every,
         has_evaluation=validation is not None or eval_clients is not None,
     )
+    if validation_batch_size is not None and validation is None:
+        warnings.warn(
+            f"{_CALLER}: validation_batch_size={validation_batch_size} has no effect without "
+            f"`validation_data` (federated evaluation batches each client's data with "
+            f"batch_size, as its training does).",
+            UserWarning,
+            stacklevel=3,
+        )
     if engine == "tff" and any(
         "BatchNormalization" in type(m).__name__ for m in model.submodules
     ):
@@ -211,6 +223,7 @@ def check_arguments(model: Any, clients: Any, **args: Any) -> Plan:
         eval_clients=eval_clients, eval_clients_per_round=eval_per_round,
         validation=validation, rounds=rounds,
         clients_per_round=cpr, local_epochs=local_epochs, batch_size=batch_size,
+        validation_batch_size=validation_batch_size or batch_size,
         shuffle=shuffle, evaluate_every=evaluate_every, algorithm=algorithm,
         server_optimizer=server_optimizer, server_learning_rate=server_learning_rate,
         client_optimizer=client_opt, max_parallel_clients=max_parallel, aggregator=chain,

@@ -51,6 +51,7 @@ def fit_federated(
     server_optimizer: Any = "sgd",
     server_learning_rate: float = 1.0,
     validation_data: tuple[Any, Any] | None = None,
+    validation_batch_size: int | None = None,
     evaluate_every: int = 1,
     evaluation_clients: Any = None,
     evaluation_clients_per_round: int | None = None,
@@ -105,7 +106,8 @@ def fit_federated(
       clients_per_round: Clients sampled per round, in [1, number of clients];
         None (default) takes all clients every round.
       local_epochs: Passes of each client over its data per round (default 1).
-      batch_size: Client batch size (default 32); also used for ``validation_data``.
+      batch_size: Client batch size (default 32); also ``validation_data``'s unless
+        ``validation_batch_size`` is given.
       shuffle: Reshuffle each client's examples every local epoch, from
         ``(seed, round, client)`` (default True); False keeps each client's order,
         as Keras ``fit(shuffle=False)`` does.
@@ -117,6 +119,10 @@ def fit_federated(
         FedAvg's plain averaging with server SGD).
       validation_data: ``(x_val, y_val)`` evaluated centrally with the global
         weights on evaluated rounds (default None).
+      validation_batch_size: Batch size for ``validation_data`` (default None:
+        ``batch_size``, as in ``Model.fit``). Evaluation does not train, so a
+        larger batch only makes it faster (a small client batch makes the
+        per-round evaluation of a large test set take longer than the round).
       evaluate_every: Evaluate every this many rounds, and always on the last
         round (default 1).
       evaluation_clients: Held-out clients (same types as ``clients``) evaluated
@@ -181,7 +187,7 @@ def fit_federated(
         local_epochs=local_epochs, batch_size=batch_size, shuffle=shuffle,
         algorithm=algorithm, server_optimizer=server_optimizer,
         server_learning_rate=server_learning_rate, validation_data=validation_data,
-        evaluate_every=evaluate_every, evaluation_clients=evaluation_clients,
+        validation_batch_size=validation_batch_size, evaluate_every=evaluate_every, evaluation_clients=evaluation_clients,
         evaluation_clients_per_round=evaluation_clients_per_round, callbacks=callbacks, checkpoint_dir=checkpoint_dir, seed=seed, engine=engine,
         max_parallel_clients=max_parallel_clients, aggregator=aggregator,
         client_sampling=client_sampling, attack=attack, strategy=strategy, verbose=verbose,
@@ -383,7 +389,7 @@ def _evaluate(plan: Plan, engine: Any, state: Any, round_num: int) -> dict[str, 
     if plan.validation is not None:
         x, y = plan.validation
         results = plan.model.evaluate(
-            x, y, batch_size=plan.batch_size, verbose=0, return_dict=True
+            x, y, batch_size=plan.validation_batch_size, verbose=0, return_dict=True
         )
         logs.update({f"val_{k}": float(v) for k, v in results.items()})
     if plan.eval_clients is not None:

@@ -274,29 +274,37 @@ def main() -> None:
 
 
 def plot_curves(curves_dir: str, path: str) -> None:
-    """Test accuracy against rounds, one line per row and split found in ``curves_dir``."""
-    curves = {}
+    """Test accuracy against rounds: a panel per model, a line per row, split and rate."""
+    curves: dict[str, dict[str, tuple]] = {}
     for name in sorted(os.listdir(curves_dir)):
         if name.endswith(".csv"):
             data = np.loadtxt(os.path.join(curves_dir, name), delimiter=",", skiprows=1, ndmin=2)
             if len(data):
-                curves[name[:-4]] = (data[:, 0], data[:, 1])
+                task = name.split("-")[0]
+                curves.setdefault(task, {})[name[:-4]] = (data[:, 0], data[:, 1])
+    if not curves:
+        sys.exit(f"no curves (*.csv) in {curves_dir}")
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    for label, (rounds, accuracy) in curves.items():
-        ax.plot(rounds, accuracy, label=label, lw=1)
-    ax.set_xscale("log")
-    ax.set_xlabel("communication rounds")
-    ax.set_ylabel("test accuracy")
-    ax.set_ylim(0.7, 1.0)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
+    tasks = [t for t in ("2nn", "cnn", "femnist", "lstm") if t in curves]
+    fig, axes = plt.subplots(1, len(tasks), figsize=(5.5 * len(tasks), 4.5), squeeze=False)
+    for ax, task in zip(axes[0], tasks):
+        target = TARGETS[task]
+        for label, (rounds, accuracy) in curves[task].items():
+            ax.plot(rounds, accuracy, label=label, lw=1)
+        ax.axhline(target, color="k", ls="--", lw=0.8)
+        ax.set_xscale("log")
+        ax.set_title(f"{task.upper()} (target {target:.0%})")
+        ax.set_xlabel("communication rounds")
+        ax.set_ylabel("test accuracy")
+        ax.set_ylim(target - {"2nn": 0.07, "cnn": 0.04}.get(task, 0.25), min(1.0, target + 0.02))
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    fig.savefig(path, dpi=120, bbox_inches="tight")
+    fig.savefig(path, dpi=100, bbox_inches="tight")
     print(f"plot: {path}")
 
 

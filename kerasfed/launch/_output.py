@@ -21,8 +21,8 @@ import signal
 import threading
 from typing import BinaryIO, TextIO
 
-# Signals the launcher handles itself; helper threads block them so the kernel
-# delivers them to the main thread, which is waiting for exactly these events.
+# Signals the launcher handles itself (see _signals.py). Helper threads block them
+# so that their own system calls are never interrupted by one.
 LAUNCHER_SIGNALS: tuple[signal.Signals, ...] = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
 MESSAGE_PREFIX = "kerasfed launch: "

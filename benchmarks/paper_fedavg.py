@@ -228,7 +228,7 @@ def run_row(row: Row, iid: bool, args) -> dict:
             server_learning_rate=lr if row.fedsgd else 1.0, validation_data=test,
             validation_batch_size=1000,  # the test set each round: B=10 would take longer than the round
             engine="native", seed=seed, callbacks=[stop], verbose=0)
-    return {"reached": stop.reached, "curve": stop.curve,
+    return {"reached": stop.reached,
             "seconds_per_round": float(np.median(history.history["round_seconds"]))
             if history.history.get("round_seconds") else float("nan"),
             "total": time.perf_counter() - started, "lr": lr}

@@ -469,3 +469,21 @@ def test_validation_batch_size_batches_the_validation_data(validation_batch_size
     expected = model.evaluate(x_val, y_val, batch_size=100, verbose=0, return_dict=True)
     assert abs(history.history["val_loss"][0] - expected["loss"]) < 1e-6
     assert history.history["val_accuracy"][0] == pytest.approx(expected["accuracy"])
+
+
+def test_federated_evaluation_equals_keras_on_the_clients_union():
+    # Held-out clients of 9, 14 and 1 examples at batch 8: each client's own
+    # batches (2 + 2 + 1, the last ones partial), the sums over all of them.
+    held_out = _clients((9, 14, 1), seed=5)
+    model = _model()
+    model.compile(optimizer=keras.optimizers.SGD(0.1), loss="sparse_categorical_crossentropy",
+                  metrics=["accuracy", _BatchCount()])
+    history = kerasfed.fit_federated(
+        model, _clients(), rounds=2, batch_size=8, evaluation_clients=held_out,
+        engine="native", seed=0, verbose=0)
+    assert history.history["fed_eval_batches"] == [5, 5]
+    x = np.concatenate([x for x, _ in held_out.values()])
+    y = np.concatenate([y for _, y in held_out.values()])
+    expected = model.evaluate(x, y, batch_size=len(x), verbose=0, return_dict=True)
+    assert abs(history.history["fed_eval_loss"][-1] - expected["loss"]) < 1e-6
+    assert history.history["fed_eval_accuracy"][-1] == pytest.approx(expected["accuracy"])

@@ -51,6 +51,11 @@ _MAX_DEFAULT_CHUNK = 256
 # caches: measured here on the 2NN (800 KB of weights per client), 100 clients
 # per round took 6.2x the time of 20 in one chunk and 4.7-5x in chunks of 20.
 _LOCKSTEP_CHUNK_BYTES = 16 << 20
+# Federated evaluation runs the held-out clients' batches in compiled loops over
+# their concatenated data, about this many bytes per call (bounded memory).
+# 200 clients of 60 rows, batch 10, the 2NN's first layer, TF 2.21: 0.59 s per
+# evaluation with a call per batch, 0.42 s with a call per client, 0.30 s now.
+_EVAL_GROUP_BYTES = 64 << 20
 # Clients the sequential form trains at once when each op runs on one thread
 # (intra-op parallelism 1): one per core, up to 4. With TensorFlow's default
 # thread pool, two clients side by side contended for it and were no faster
@@ -107,7 +112,7 @@ class NativeEngine(Engine):
         self._works = self._build_works(self.form)
         self._max_parallel = setup.max_parallel_clients
         self.bytes_to_client, self.bytes_from_client = self._payload_bytes()
-        self._evaluate_batch = tf.function(self._evaluate_batch_fn, reduce_retracing=True)
+        self._evaluate_batches = tf.function(self._evaluate_batches_fn, reduce_retracing=True)
 
     # -- form ---------------------------------------------------------------------
     def _build_works(self, form: str) -> list[ClientWork]:
@@ -473,6 +478,29 @@ class NativeEngine(Engine):
             return per * count
         return tf.reduce_sum(per) / elements
 
+    def _evaluate_batches_fn(self, x, y, starts, ends):
+        # Many clients' batches in one compiled loop: rows starts[i]:ends[i] are
+        # one batch of one client (its last one partial, as TFF batches it).
+        total = tf.zeros((), tf.float64)
+        for i in tf.range(tf.shape(starts)[0]):
+            rows = slice(starts[i], ends[i])
+            total += tf.cast(self._evaluate_batch_fn(x[rows], y[rows]), tf.float64)
+        return total
+
+    def _evaluation_groups(self, clients: Sequence[ClientRound]):
+        """The clients' data in few calls: concatenated, at most about
+        ``_EVAL_GROUP_BYTES`` per call (bounded memory for many clients)."""
+        group: list[ClientRound] = []
+        size = 0
+        for client in [c for c in clients if len(c.x)]:
+            group.append(client)
+            size += client.x.nbytes + client.y.nbytes
+            if size >= _EVAL_GROUP_BYTES:
+                yield group
+                group, size = [], 0
+        if group:
+            yield group
+
     def evaluate(self, state: dict, clients: Sequence[ClientRound]) -> dict[str, float]:
         self._model.set_weights(self.get_weights(state))
         for metric in self._eval_metrics:
@@ -481,13 +509,20 @@ class NativeEngine(Engine):
         if replicas.workers > 1:  # each worker evaluates its share; the sums are added
             shares = replicas.split([len(c.x) for c in clients])
             clients = [clients[i] for i in replicas.worker_share(shares)]
-        loss_sum, total = 0.0, 0
-        for client in clients:
-            for start in range(0, len(client.x), self._batch_size):
-                x = client.x[start:start + self._batch_size]
-                y = client.y[start:start + self._batch_size]
-                loss_sum += float(self._evaluate_batch(tf.constant(x), tf.constant(y)))
-                total += len(x)
+        sums = []
+        for group in self._evaluation_groups(clients):
+            offsets = np.cumsum([0] + [len(c.x) for c in group])
+            starts = np.concatenate([np.arange(o, o + len(c.x), self._batch_size)
+                                     for o, c in zip(offsets, group)])
+            ends = np.minimum(starts + self._batch_size,
+                              np.repeat(offsets[1:], [-(-len(c.x) // self._batch_size)
+                                                      for c in group]))
+            sums.append(self._evaluate_batches(
+                tf.constant(np.concatenate([c.x for c in group])),
+                tf.constant(np.concatenate([c.y for c in group])),
+                tf.constant(starts, tf.int32), tf.constant(ends, tf.int32)))
+        loss_sum = float(tf.add_n(sums)) if sums else 0.0  # the one wait for the results
+        total = sum(len(c.x) for c in clients)
         if replicas.workers > 1:
             mine = {"loss": tf.constant(loss_sum, tf.float64),
                     "total": tf.constant(total, tf.int64),

@@ -487,3 +487,34 @@ def test_federated_evaluation_equals_keras_on_the_clients_union():
     expected = model.evaluate(x, y, batch_size=len(x), verbose=0, return_dict=True)
     assert abs(history.history["fed_eval_loss"][-1] - expected["loss"]) < 1e-6
     assert history.history["fed_eval_accuracy"][-1] == pytest.approx(expected["accuracy"])
+
+
+def _memory_mib(field: str) -> float:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) / 1024
+    raise KeyError(field)
+
+
+@pytest.mark.skipif(not os.access("/proc/self/clear_refs", os.W_OK),
+                    reason="needs Linux's resettable peak RSS (/proc/self/clear_refs)")
+def test_a_mean_round_holds_one_chunk_of_client_updates_at_a_time():
+    # 150 clients x 7.7 MiB of update (a 2M-weight model) = 1.1 GiB if the round
+    # kept every update; in chunks of 10 summed as they come, about 80 MiB.
+    # Before the sums were taken per chunk this round peaked 4.7 GiB above its start.
+    rng = np.random.default_rng(0)
+    clients = {f"c{i}": (rng.random((4, 1000), np.float32), rng.integers(0, 10, 4).astype("int32"))
+               for i in range(150)}
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([keras.Input((1000,)), keras.layers.Dense(2000, activation="relu"),
+                              keras.layers.Dense(10, activation="softmax")])
+    model.compile(optimizer=keras.optimizers.SGD(0.1), loss="sparse_categorical_crossentropy")
+    run = dict(batch_size=4, engine="native", verbose=0, max_parallel_clients=10, seed=0)
+    kerasfed.fit_federated(model, clients, rounds=1, clients_per_round=10, **run)  # traced
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")  # the peak RSS starts again from the current RSS
+    start = _memory_mib("VmRSS")
+    history = kerasfed.fit_federated(model, clients, rounds=1, clients_per_round=150, **run)
+    assert history.history["num_examples"] == [600]
+    assert _memory_mib("VmHWM") - start < 500

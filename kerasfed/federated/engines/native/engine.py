@@ -201,30 +201,36 @@ class NativeEngine(Engine):
         # replicas' shares, then sums (or, for robust combiners, gathers) the results.
         shares = self._replicas.split([len(c.x) for c in clients])
         local = self._replicas.local_shares(shares)
-        outs = self._train_shares(state, clients, local)
+        # A plain mean needs only each replica's sums, taken chunk by chunk, so a
+        # round holds one chunk's client updates at a time; robust combiners and
+        # attacks need every client's update (gathered below).
+        keep = not (self._chain.is_plain_mean and self._attack is None)
+        results = self._train_shares(state, clients, local, keep=keep)
         sums = self._replicas.all_reduce([
-            self._sums(state, out, r, holds_first=bool(share) and share[0] == 0)
-            for r, (out, share) in enumerate(zip(outs, local))])
+            self._replica_sums(state, r, share_sums)
+            for r, (share_sums, _) in enumerate(results)])
         totals = sums.pop("metrics")
         if self._replicas.distributed:  # one replica: its metrics are the totals already
             for metric, values in zip(self._metrics, totals):
                 for v, value in zip(metric.variables, values):
                     v.assign(value)
         gathered = None
-        if not (self._chain.is_plain_mean and self._attack is None):
-            gathered = self._gather(state, outs, shares)
+        if keep:
+            gathered = self._gather(state, [out for _, out in results], shares)
         self._rounds_run += 1
         return self._server_update(state, sums, gathered, [c.cid for c in clients], round_num)
 
     def _train_shares(self, state: dict, clients: Sequence[ClientRound],
-                      local: list[list[int]]) -> list[dict | None]:
-        """Each local replica's clients trained on its device (None: it has none)."""
-        def train(r: int) -> dict | None:
+                      local: list[list[int]], *, keep: bool) -> list[tuple]:
+        """Each local replica's clients trained on its device: (sums, per-client
+        results if ``keep``), or (None, None) for a replica without clients."""
+        def train(r: int) -> tuple:
             if not local[r]:
-                return None
+                return None, None
             share = [clients[i] for i in local[r]]
             with tf.device(self._replicas.devices[r]):
-                return self._train_share(state, share, r)
+                return self._train_share(state, share, r, holds_first=local[r][0] == 0,
+                                         keep=keep)
 
         replicas = range(len(local))
         # Side by side (threads) once the form has settled (a fallback rebuilds
@@ -237,15 +243,21 @@ class NativeEngine(Engine):
         with ThreadPoolExecutor(len(local), thread_name_prefix="kerasfed-replica") as pool:
             return list(pool.map(train, replicas))
 
-    def _train_share(self, state: dict, clients: Sequence[ClientRound], replica: int) -> dict:
+    def _train_share(self, state: dict, clients: Sequence[ClientRound], replica: int, *,
+                     holds_first: bool, keep: bool) -> tuple[dict, dict | None]:
         size = max(1, min(self.max_parallel_clients(clients), len(clients)))
         # The sequential form trains `in_flight` clients at a time: whole groups.
         in_flight = self._works[replica].in_flight
         slots = -(-size // in_flight) * in_flight
-        parts = []
+        sums, parts = None, []
         for start in range(0, len(clients), size):
-            parts.append(self._run_chunk(state, clients[start:start + size], slots, replica))
-        return {key: _concat([p[key] for p in parts]) for key in parts[0]}
+            out = self._run_chunk(state, clients[start:start + size], slots, replica)
+            chunk_sums = self._chunk_sums(state, out, holds_first=holds_first and start == 0)
+            sums = chunk_sums if sums is None else tf.nest.map_structure(tf.add, sums, chunk_sums)
+            if keep:
+                parts.append(out)
+        kept = {key: _concat([p[key] for p in parts]) for key in parts[0]} if keep else None
+        return sums, kept
 
     def _run_chunk(self, state: dict, chunk: Sequence[ClientRound], slots: int,
                    replica: int = 0) -> dict:
@@ -349,25 +361,27 @@ class NativeEngine(Engine):
         return _unflatten(update, state["trainable"]), aggregator, logs, None
 
     # -- combining the clients' results ------------------------------------------------
-    def _sums(self, state: dict, out: dict | None, replica: int, *, holds_first: bool) -> dict:
-        """What one local replica adds to the round: its clients' weighted update
-        sums, weights, example and loss totals, and metric totals (zeros for none)."""
-        update_key = "gradient" if self._kind == "gradient" else "delta"
+    def _replica_sums(self, state: dict, replica: int, sums: dict | None) -> dict:
+        """What one local replica adds to the round: its clients' sums (zeros for
+        none) and, when replicas are summed, its metric totals."""
         # Keras metrics' variables are sums (totals, counts, confusion counts), which
         # is how Keras itself aggregates them over replicas.
         metrics = [[tf.convert_to_tensor(v) for v in m.variables]
                    for m in self._replica_metrics[replica]] if self._replicas.distributed else []
-        if out is None:
+        if sums is None:
             zero = tf.constant(0.0)
             sums = {
                 "weight": zero, "good": zero, "examples": zero, "loss": zero,
                 "update": [tf.zeros_like(t) for t in state["trainable"]],
                 "state": [tf.zeros_like(t) for t in state["non_trainable"]],
-                "metrics": metrics,
             }
             if self._kind == "mime":
                 sums["full"] = [tf.zeros_like(t) for t in state["trainable"]]
-            return sums
+        return dict(sums, metrics=metrics)
+
+    def _chunk_sums(self, state: dict, out: dict, *, holds_first: bool) -> dict:
+        """A chunk's clients' weighted update sums, weights, example and loss totals."""
+        update_key = "gradient" if self._kind == "gradient" else "delta"
         # TFF's semantics (model_delta_client_work, fed_sgd, mime and mean): a
         # non-finite client update is zeroed and weighted 0 (the unweighted mean
         # still counts it).
@@ -391,7 +405,6 @@ class NativeEngine(Engine):
                 if s.dtype.is_integer and i is None else tf.zeros_like(s[0])
                 for s, i in zip(out["state"], self._non_trainable_pos)
             ],
-            "metrics": metrics,
         }
         if self._kind == "mime":
             sums["full"] = [_weighted_sum(g, weight) for g in out["gradient"]]

@@ -56,6 +56,18 @@ def test_trimmed_mean_drops_beta_at_each_end(n, beta):
     np.testing.assert_allclose(_combine(agg.TrimmedMean(beta), u), expected, rtol=1e-5)
 
 
+@pytest.mark.parametrize("combiner", [agg.Median(), agg.TrimmedMean(0.2), agg.Bulyan(1)],
+                         ids=["median", "trimmed_mean", "bulyan"])
+def test_coordinate_wise_combiners_give_the_same_result_in_column_blocks(combiner, monkeypatch):
+    from kerasfed.federated.aggregators import _base
+
+    u = _updates(9, d=37, seed=4)
+    whole = _combine(combiner, u)
+    monkeypatch.setattr(_base, "_COLUMN_BLOCK_BYTES", 9 * 4 * 5)  # blocks of 5 columns, 8 blocks
+    np.testing.assert_array_equal(_combine(combiner, u), whole)
+    assert whole.dtype == u.dtype and whole.shape == (37,)
+
+
 def test_mean_uses_the_weights():
     u = _updates(4)
     w = np.array([1.0, 2.0, 3.0, 4.0])

@@ -16,7 +16,7 @@ from __future__ import annotations
 import abc
 import dataclasses
 import zlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, ClassVar
 
 import numpy as np
@@ -139,3 +139,20 @@ def scale_to_norm(updates: np.ndarray, bound: float) -> tuple[np.ndarray, np.nda
     clipped = norms > bound
     factor = np.where(clipped, bound / np.maximum(norms, 1e-30), 1.0)
     return (updates * factor[:, None].astype(updates.dtype)), clipped
+
+
+# Coordinate-wise combiners sort each coordinate's client values: in blocks of
+# columns of about this size, not the whole [clients, weights] array at once, so
+# their scratch memory stays bounded (150 clients x 2.0M weights: 1.1 GiB of
+# updates, which a whole-array sort copies once more).
+_COLUMN_BLOCK_BYTES = 32 << 20
+
+
+def by_columns(updates: np.ndarray, combine: Callable[[np.ndarray], np.ndarray]) -> np.ndarray:
+    """``combine`` (a [clients, k] block -> its [k] result) over blocks of columns."""
+    n, width = updates.shape
+    step = max(1, _COLUMN_BLOCK_BYTES // max(1, n * updates.itemsize))
+    out = np.empty(width, updates.dtype)
+    for start in range(0, width, step):
+        out[start:start + step] = combine(updates[:, start:start + step])
+    return out

@@ -13,7 +13,13 @@ from typing import ClassVar
 
 import numpy as np
 
-from kerasfed.federated.aggregators._base import Combiner, RoundContext, State, check_number
+from kerasfed.federated.aggregators._base import (
+    Combiner,
+    RoundContext,
+    State,
+    by_columns,
+    check_number,
+)
 from kerasfed.federated.aggregators.krum import krum_select
 
 
@@ -53,7 +59,10 @@ class Bulyan(Combiner):
                 state: State) -> tuple[np.ndarray, State, dict[str, float]]:
         picked = updates[bulyan_selection(updates, self.byzantine)]
         beta = picked.shape[0] - 2 * self.byzantine
-        median = np.median(picked, axis=0)
-        closest = np.argsort(np.abs(picked - median), axis=0, kind="stable")[:beta]
-        values = np.take_along_axis(picked, closest, axis=0)
-        return values.mean(axis=0, dtype=np.float64).astype(updates.dtype), state, {}
+
+        def nearest_to_median(block: np.ndarray) -> np.ndarray:
+            median = np.median(block, axis=0)
+            closest = np.argsort(np.abs(block - median), axis=0, kind="stable")[:beta]
+            return np.take_along_axis(block, closest, axis=0).mean(axis=0, dtype=np.float64)
+
+        return by_columns(picked, nearest_to_median), state, {}

@@ -14,7 +14,7 @@ from typing import ClassVar
 
 import numpy as np
 
-from kerasfed.federated.aggregators._base import Combiner, RoundContext, State
+from kerasfed.federated.aggregators._base import Combiner, RoundContext, State, by_columns
 
 
 @dataclasses.dataclass(frozen=True)
@@ -30,4 +30,4 @@ class Median(Combiner):
 
     def combine(self, updates: np.ndarray, context: RoundContext,
                 state: State) -> tuple[np.ndarray, State, dict[str, float]]:
-        return np.median(updates, axis=0).astype(updates.dtype), state, {}
+        return by_columns(updates, lambda block: np.median(block, axis=0)), state, {}

@@ -11,7 +11,13 @@ from typing import ClassVar
 
 import numpy as np
 
-from kerasfed.federated.aggregators._base import Combiner, RoundContext, State, check_number
+from kerasfed.federated.aggregators._base import (
+    Combiner,
+    RoundContext,
+    State,
+    by_columns,
+    check_number,
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -37,5 +43,8 @@ class TrimmedMean(Combiner):
                 state: State) -> tuple[np.ndarray, State, dict[str, float]]:
         n = updates.shape[0]
         drop = int(np.floor(self.beta * n))
-        kept = np.sort(updates, axis=0)[drop:n - drop]
-        return kept.mean(axis=0, dtype=np.float64).astype(updates.dtype), state, {}
+
+        def trimmed(block: np.ndarray) -> np.ndarray:
+            return np.sort(block, axis=0)[drop:n - drop].mean(axis=0, dtype=np.float64)
+
+        return by_columns(updates, trimmed), state, {}

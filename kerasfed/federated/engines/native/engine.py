@@ -249,14 +249,25 @@ class NativeEngine(Engine):
         # The sequential form trains `in_flight` clients at a time: whole groups.
         in_flight = self._works[replica].in_flight
         slots = -(-size // in_flight) * in_flight
-        sums, parts = None, []
+        # One replica keeps the updates as the rows of one numpy array, filled chunk
+        # by chunk (what the combiners take); replicas keep tensors to gather.
+        flat = not self._replicas.distributed
+        update_key = "gradient" if self._kind == "gradient" else "delta"
+        sums, parts, rows = None, [], None
         for start in range(0, len(clients), size):
             out = self._run_chunk(state, clients[start:start + size], slots, replica)
             chunk_sums = self._chunk_sums(state, out, holds_first=holds_first and start == 0)
             sums = chunk_sums if sums is None else tf.nest.map_structure(tf.add, sums, chunk_sums)
+            if keep and flat:
+                rows = _fill_rows(rows, out[update_key], start, len(clients))
+                out = {"examples": out["examples"], "finite": out["finite"]}
             if keep:
                 parts.append(out)
-        kept = {key: _concat([p[key] for p in parts]) for key in parts[0]} if keep else None
+        if not keep:
+            return sums, None
+        kept = {key: _concat([p[key] for p in parts]) for key in parts[0]}
+        if flat:
+            kept[update_key] = rows
         return sums, kept
 
     def _run_chunk(self, state: dict, chunk: Sequence[ClientRound], slots: int,
@@ -339,7 +350,10 @@ class NativeEngine(Engine):
         """The chain's combined update of the clients' ``stacked`` updates, as
         (update per trainable weight or None to skip, aggregator state, logs, why skipped)."""
         n = len(cids)
-        flat = np.concatenate([u.numpy().reshape(n, -1) for u in stacked], axis=1)
+        if isinstance(stacked, np.ndarray):  # one replica's rows, already flat (and ours)
+            flat = stacked
+        else:
+            flat = np.concatenate([u.numpy().reshape(n, -1) for u in stacked], axis=1)
         ok = finite.numpy() > 0
         flat[~ok] = 0.0
         if self._attack is not None:
@@ -350,7 +364,9 @@ class NativeEngine(Engine):
         if not isinstance(self._chain.combiner, Mean):
             # Robust, private and secure combiners count each client once, and only
             # the clients whose update is finite.
-            flat, cids, weights = flat[ok], [c for c, k in zip(cids, ok) if k], np.ones(ok.sum())
+            if not ok.all():  # (a boolean index copies every row)
+                flat, cids = flat[ok], [c for c, k in zip(cids, ok) if k]
+            weights = np.ones(len(cids))
             need = self._chain.combiner.min_clients()
             if len(cids) < need and self._chain.dp is None:
                 why = (f"{self._chain.combiner!r} needs at least {need} clients with finite "
@@ -655,6 +671,22 @@ def _unflatten(flat: np.ndarray, like: Sequence[tf.Tensor]) -> list[tf.Tensor]:
         out.append(tf.constant(flat[start:start + size].reshape(tuple(t.shape)), dtype=t.dtype))
         start += size
     return out
+
+
+def _fill_rows(rows: np.ndarray | None, updates: Sequence[tf.Tensor], start: int,
+               total: int) -> np.ndarray:
+    """Writes a chunk's stacked updates ([k, ...] per weight) as rows start..start+k
+    of the flat [total, weights] array (made on the first chunk)."""
+    k = int(updates[0].shape[0])
+    if rows is None:
+        width = sum(int(np.prod(u.shape[1:])) for u in updates)
+        rows = np.empty((total, width), updates[0].dtype.as_numpy_dtype)
+    column = 0
+    for u in updates:
+        size = int(np.prod(u.shape[1:]))
+        rows[start:start + k, column:column + size] = u.numpy().reshape(k, size)
+        column += size
+    return rows
 
 
 def _concat(values: list) -> Any:

@@ -19,6 +19,8 @@ interpreter of the environment it needs):
   pfl           Apple pfl-research 0.6.0 FedAvg, TF backend, Keras 3         .venv-peers
   flwr          Flower 1.42 simulation (Ray, 2 actors, model.fit per client) .venv-peers
   native_k3_100 native_k3 with 100 clients per round: the scaling row        .venv-latest
+  native_k3_1t  native_k3 with TF_NUM_INTRAOP_THREADS=1: the sequential form
+                then trains one client per core side by side                .venv-latest
 
 pfl-research 0.6.0 is benchmarked with ONE FIX and ONE SETTING: its `TFModel`
 keys the model's variables by `variable.name`, and in Keras 3 every layer's
@@ -99,6 +101,7 @@ class Contestant:
     env: str
     label: str
     clients: int = NUM_CLIENTS
+    environment: tuple[tuple[str, str], ...] = ()  # variables set before TensorFlow starts
 
 
 CONTESTANTS = {
@@ -110,6 +113,8 @@ CONTESTANTS = {
     "pfl": Contestant("peers", "pfl-research 0.6.0 (keyed by path)"),
     "flwr": Contestant("peers", "Flower 1.42 simulation (Ray)"),
     "native_k3_100": Contestant("keras3", "native, Keras 3, 100 clients", SCALED_CLIENTS),
+    "native_k3_1t": Contestant("keras3", "native, Keras 3, one thread per op",
+                               environment=(("TF_NUM_INTRAOP_THREADS", "1"),)),
 }
 
 
@@ -454,6 +459,7 @@ RUNNERS = {
     "pfl": run_pfl,
     "flwr": run_flwr,
     "native_k3_100": run_kerasfed("native"),
+    "native_k3_1t": run_kerasfed("native"),
 }
 
 
@@ -523,7 +529,8 @@ def run_child(name: str, model_name: str, args, log_dir: Path) -> dict:
             proc = subprocess.Popen(
                 cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                 start_new_session=True, cwd=ROOT,
-                env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONUNBUFFERED="1"),
+                env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONUNBUFFERED="1",
+                         **dict(CONTESTANTS[name].environment if name in CONTESTANTS else ())),
             )
             try:
                 code = proc.wait(timeout=args.timeout)

@@ -499,22 +499,30 @@ def _memory_mib(field: str) -> float:
 
 @pytest.mark.skipif(not os.access("/proc/self/clear_refs", os.W_OK),
                     reason="needs Linux's resettable peak RSS (/proc/self/clear_refs)")
-def test_a_mean_round_holds_one_chunk_of_client_updates_at_a_time():
-    # 150 clients x 7.7 MiB of update (a 2M-weight model) = 1.1 GiB if the round
-    # kept every update; in chunks of 10 summed as they come, about 80 MiB.
-    # Before the sums were taken per chunk this round peaked 4.7 GiB above its start.
+@pytest.mark.parametrize("form", ["lockstep", "sequential"])
+def test_a_mean_round_holds_one_chunk_of_client_updates_at_a_time(form):
+    # 150 clients x 7.7 MiB of update (a 2.0M-weight model) = 1.1 GiB if the round
+    # kept every update. Lockstep (Dense): chunks of 10 summed as they come, about
+    # 80 MiB; before the sums were taken per chunk this round peaked 4.7 GiB above
+    # its start. Sequential (a convolution first): the default chunks hold at most
+    # 64 MiB of updates.
     rng = np.random.default_rng(0)
-    clients = {f"c{i}": (rng.random((4, 1000), np.float32), rng.integers(0, 10, 4).astype("int32"))
+    shape = (1000,) if form == "lockstep" else (10, 10, 1)
+    clients = {f"c{i}": (rng.random((4, *shape), np.float32), rng.integers(0, 10, 4).astype("int32"))
                for i in range(150)}
     keras.utils.set_random_seed(0)
-    model = keras.Sequential([keras.Input((1000,)), keras.layers.Dense(2000, activation="relu"),
+    body = ([] if form == "lockstep" else
+            [keras.layers.Conv2D(10, 1, activation="relu"), keras.layers.Flatten()])
+    model = keras.Sequential([keras.Input(shape), *body, keras.layers.Dense(2000, activation="relu"),
                               keras.layers.Dense(10, activation="softmax")])
     model.compile(optimizer=keras.optimizers.SGD(0.1), loss="sparse_categorical_crossentropy")
-    run = dict(batch_size=4, engine="native", verbose=0, max_parallel_clients=10, seed=0)
+    run = dict(batch_size=4, engine="native", verbose=0, seed=0,
+               max_parallel_clients=10 if form == "lockstep" else None)
     kerasfed.fit_federated(model, clients, rounds=1, clients_per_round=10, **run)  # traced
     with open("/proc/self/clear_refs", "w") as f:
         f.write("5")  # the peak RSS starts again from the current RSS
     start = _memory_mib("VmRSS")
     history = kerasfed.fit_federated(model, clients, rounds=1, clients_per_round=150, **run)
+    assert history.params["engine_form"].startswith(f"native engine, {form}")
     assert history.history["num_examples"] == [600]
     assert _memory_mib("VmHWM") - start < 500

@@ -117,7 +117,13 @@ def test_every_form_equals_keras(form, monkeypatch):
     assert result.num_examples == 2 * sum(SIZES)
 
 
-def test_chunk_size_never_changes_the_result():
+@pytest.mark.parametrize("in_flight", [1, 2])
+def test_chunk_size_never_changes_the_result(in_flight, monkeypatch):
+    if in_flight > 1:  # the sequential form, two clients side by side (one thread per op)
+        import kerasfed.federated.engines.native.engine as native
+
+        monkeypatch.setattr(native, "_clients_in_flight", lambda: in_flight)
+        monkeypatch.setattr(native, "_choose_form", lambda model, requested: ("sequential", "test"))
     clients = _clients((7, 23, 50, 11, 3, 30, 9))
     weights = []
     for chunk in (1, 3, None):
@@ -125,6 +131,7 @@ def test_chunk_size_never_changes_the_result():
             _model(), clients, rounds=2, clients_per_round=5, batch_size=8, seed=4,
             max_parallel_clients=chunk, engine="native", verbose=0,
         )
+        assert ("2 clients at a time" in history.params["engine_form"]) == (in_flight > 1)
         weights.append(history.model.get_weights())
         losses = history.history["loss"]
     assert _max_diff(weights[0], weights[1]) < 1e-6

@@ -249,10 +249,14 @@ class NativeEngine(Engine):
 
     def _train_share(self, state: dict, clients: Sequence[ClientRound], replica: int, *,
                      holds_first: bool, keep: bool) -> tuple[dict, dict | None]:
-        size = max(1, min(self.max_parallel_clients(clients), len(clients)))
-        size = -(-len(clients) // -(-len(clients) // size))  # chunks of equal size: no padding
-        # The sequential form trains `in_flight` clients at a time: whole groups.
+        size = max(1, self.max_parallel_clients(clients))
+        # The sequential form trains `in_flight` clients at a time, so chunks hold
+        # whole groups of them, and a round's chunks are made about equal (a last
+        # chunk of a few clients would leave most of its slots empty).
         in_flight = self._works[replica].in_flight
+        if size >= in_flight:
+            groups, per_chunk = -(-len(clients) // in_flight), size // in_flight
+            size = -(-groups // -(-groups // per_chunk)) * in_flight
         slots = -(-size // in_flight) * in_flight
         # One replica keeps the updates as the rows of one numpy array, filled chunk
         # by chunk (what the combiners take); replicas keep tensors to gather.

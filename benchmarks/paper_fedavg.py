@@ -293,8 +293,10 @@ def plot_curves(curves_dir: str, path: str) -> None:
     fig, axes = plt.subplots(1, len(tasks), figsize=(5.5 * len(tasks), 4.5), squeeze=False)
     for ax, task in zip(axes[0], tasks):
         target = TARGETS[task]
-        for label, (rounds, accuracy) in curves[task].items():
-            ax.plot(rounds, accuracy, label=label, lw=1)
+        colors = plt.cm.tab20(np.arange(20))  # more curves than the default ten colours
+        for i, (label, (rounds, accuracy)) in enumerate(curves[task].items()):
+            ax.plot(rounds, accuracy, label=label, lw=1, color=colors[(2 * i) % 20 + (2 * i) // 20 % 2],
+                    ls="--" if "non-iid" in label and task != "femnist" else "-")  # dashed: non-IID
         ax.axhline(target, color="k", ls="--", lw=0.8)
         ax.set_xscale("log")
         ax.set_title(f"{task.upper()} (target {target:.0%})")

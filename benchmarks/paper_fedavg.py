@@ -293,9 +293,10 @@ def plot_curves(curves_dir: str, path: str) -> None:
     fig, axes = plt.subplots(1, len(tasks), figsize=(5.5 * len(tasks), 4.5), squeeze=False)
     for ax, task in zip(axes[0], tasks):
         target = TARGETS[task]
-        colors = plt.cm.tab20(np.arange(20))  # more curves than the default ten colours
+        # More curves than the default ten colours: tab20's dark shades, then its light ones.
+        colors = plt.cm.tab20([*range(0, 20, 2), *range(1, 20, 2)])
         for i, (label, (rounds, accuracy)) in enumerate(curves[task].items()):
-            ax.plot(rounds, accuracy, label=label, lw=1, color=colors[(2 * i) % 20 + (2 * i) // 20 % 2],
+            ax.plot(rounds, accuracy, label=label, lw=1, color=colors[i % 20],
                     ls="--" if "non-iid" in label and task != "femnist" else "-")  # dashed: non-IID
         ax.axhline(target, color="k", ls="--", lw=0.8)
         ax.set_xscale("log")

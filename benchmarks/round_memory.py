@@ -23,16 +23,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 FEATURES, HIDDEN, CLASSES = 1000, 2000, 10
 
 
-def status_mib(field: str) -> float:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(field + ":"):
-                return int(line.split()[1]) / 1024
-    raise KeyError(field)
-
-
 def one(aggregator: str, clients: int, chunk: int) -> None:
     import numpy as np
+
+    from many_clients import rss_mib  # (imports TensorFlow: the child's job only)
 
     import kerasfed
     from kerasfed._compat import keras
@@ -49,12 +43,12 @@ def one(aggregator: str, clients: int, chunk: int) -> None:
     kerasfed.fit_federated(model, data, rounds=1, clients_per_round=10, **run)
     with open("/proc/self/clear_refs", "w") as f:
         f.write("5")  # the peak RSS starts again from here
-    start = status_mib("VmRSS")
+    start = rss_mib()
     began = time.perf_counter()
     kerasfed.fit_federated(model, data, rounds=1, clients_per_round=clients, **run)
     seconds = time.perf_counter() - began
     updates = clients * model.count_params() * 4 / 2**20
-    print(f"{aggregator:14s} {clients:8d} {chunk:6d} {status_mib('VmHWM') - start:12.0f} "
+    print(f"{aggregator:14s} {clients:8d} {chunk:6d} {rss_mib(field='VmHWM') - start:12.0f} "
           f"{updates:14.0f} {seconds:8.2f}", flush=True)
 
 

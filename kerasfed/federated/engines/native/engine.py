@@ -16,6 +16,7 @@ weights instead of staying frozen, and Keras 3 subclassed models train.
 from __future__ import annotations
 
 import logging
+import math
 import os
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -249,14 +250,8 @@ class NativeEngine(Engine):
 
     def _train_share(self, state: dict, clients: Sequence[ClientRound], replica: int, *,
                      holds_first: bool, keep: bool) -> tuple[dict, dict | None]:
-        size = max(1, self.max_parallel_clients(clients))
-        # The sequential form trains `in_flight` clients at a time, so chunks hold
-        # whole groups of them, and a round's chunks are made about equal (a last
-        # chunk of a few clients would leave most of its slots empty).
         in_flight = self._works[replica].in_flight
-        if size >= in_flight:
-            groups, per_chunk = -(-len(clients) // in_flight), size // in_flight
-            size = -(-groups // -(-groups // per_chunk)) * in_flight
+        size = _chunk_size(len(clients), max(1, self.max_parallel_clients(clients)), in_flight)
         slots = -(-size // in_flight) * in_flight
         # One replica keeps the updates as the rows of one numpy array, filled chunk
         # by chunk (what the combiners take); replicas keep tensors to gather.
@@ -680,6 +675,18 @@ def _unflatten(flat: np.ndarray, like: Sequence[tf.Tensor]) -> list[tf.Tensor]:
         out.append(tf.constant(flat[start:start + size].reshape(tuple(t.shape)), dtype=t.dtype))
         start += size
     return out
+
+
+def _chunk_size(clients: int, cap: int, in_flight: int) -> int:
+    """Clients per chunk: at most ``cap``, in whole groups of the ``in_flight``
+    clients the sequential form trains side by side, and about equal across the
+    round (a last chunk of a few clients would leave most of its slots empty).
+    A cap below one group keeps the cap (the chunk's slots are padded)."""
+    if cap < in_flight:
+        return cap
+    groups = math.ceil(clients / in_flight)
+    chunks = math.ceil(groups / (cap // in_flight))
+    return math.ceil(groups / chunks) * in_flight
 
 
 def _fill_rows(rows: np.ndarray | None, updates: Sequence[tf.Tensor], start: int,

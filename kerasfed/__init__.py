@@ -16,7 +16,6 @@ Names are imported lazily: ``import kerasfed`` does not import TensorFlow, so th
 
 from __future__ import annotations
 
-import importlib
 from typing import Any
 
 from kerasfed._version import __version__
@@ -27,22 +26,14 @@ _EXPORTS = {
     "fit_distributed": "kerasfed.distributed.fit",
     "get_strategy": "kerasfed.distributed.strategies",
     "use_logical_cpus": "kerasfed.distributed.devices",
-    "TFConfigError": "kerasfed.distributed.tf_config",
-    "StrategyError": "kerasfed.distributed.strategies",
-    "StrategyInitError": "kerasfed.distributed.strategies",
-    "DataError": "kerasfed.distributed.data",
-    "DataTypeError": "kerasfed.distributed.data",
-    "FitArgumentError": "kerasfed.distributed.arguments",
-    "DeviceConfigError": "kerasfed.distributed.devices",
+    # Output.
+    "quiet_tensorflow_startup": "kerasfed._tf_startup",
     # Federated simulation.
     "fit_federated": "kerasfed.federated.fit",
     "partition": "kerasfed.federated.partition",
-    "PartitionError": "kerasfed.federated.partition",
     "ClientData": "kerasfed.federated.clients",
     "as_client_data": "kerasfed.federated.clients",
     "write_client_data": "kerasfed.federated.clients",
-    "ClientDataError": "kerasfed.federated.clients",
-    "ClientDataTypeError": "kerasfed.federated.clients",
     "FedAvg": "kerasfed.federated.algorithms",
     "FedProx": "kerasfed.federated.algorithms",
     "FedSGD": "kerasfed.federated.algorithms",
@@ -59,32 +50,53 @@ _EXPORTS = {
     "Quantize": "kerasfed.federated.aggregators",
     "TopK": "kerasfed.federated.aggregators",
     "AGGREGATOR_NAMES": "kerasfed.federated.aggregators",
-    "AggregatorError": "kerasfed.federated.aggregators",
-    "AggregatorTypeError": "kerasfed.federated.aggregators",
     "Attack": "kerasfed.federated.attack",
     "ServerSGD": "kerasfed.federated.server_optimizers",
     "ServerAdam": "kerasfed.federated.server_optimizers",
     "ServerYogi": "kerasfed.federated.server_optimizers",
     "ServerAdagrad": "kerasfed.federated.server_optimizers",
-    "FederatedUnavailableError": "kerasfed._compat",
     "ENGINE_NAMES": "kerasfed.federated.engines",
-    "EngineError": "kerasfed.federated.engines",
-    "EngineTypeError": "kerasfed.federated.engines",
-    "FederatedArgumentError": "kerasfed.federated.arguments",
-    "FederatedArgumentTypeError": "kerasfed.federated.arguments",
-    "AlgorithmError": "kerasfed.federated.algorithms",
-    "AlgorithmTypeError": "kerasfed.federated.algorithms",
-    "ServerOptimizerError": "kerasfed.federated.server_optimizers",
-    "ServerOptimizerTypeError": "kerasfed.federated.server_optimizers",
-    "ClientOptimizerError": "kerasfed.federated.client_optimizers",
-    "ClientOptimizerTypeError": "kerasfed.federated.client_optimizers",
-    "CheckpointError": "kerasfed.federated.checkpoint",
-    "CheckpointMismatchError": "kerasfed.federated.checkpoint",
-    # Shared.
-    "ModelError": "kerasfed._keras_model",
-    "ModelTypeError": "kerasfed._keras_model",
-    "VerboseError": "kerasfed._arguments",
-    "CallbacksTypeError": "kerasfed._arguments",
+    # Errors: one family, all defined in kerasfed/errors.py (see docs/errors.md).
+    "KerasfedError": "kerasfed.errors",
+    "ArgumentError": "kerasfed.errors",
+    "ArgumentTypeError": "kerasfed.errors",
+    "SignatureError": "kerasfed.errors",
+    "VerboseError": "kerasfed.errors",
+    "CallbacksTypeError": "kerasfed.errors",
+    "StrategyError": "kerasfed.errors",
+    "EngineError": "kerasfed.errors",
+    "EngineTypeError": "kerasfed.errors",
+    "AlgorithmError": "kerasfed.errors",
+    "AlgorithmTypeError": "kerasfed.errors",
+    "AggregatorError": "kerasfed.errors",
+    "AggregatorTypeError": "kerasfed.errors",
+    "ServerOptimizerError": "kerasfed.errors",
+    "ServerOptimizerTypeError": "kerasfed.errors",
+    "ModelError": "kerasfed.errors",
+    "ModelTypeError": "kerasfed.errors",
+    "ClientOptimizerError": "kerasfed.errors",
+    "ClientOptimizerTypeError": "kerasfed.errors",
+    "DataError": "kerasfed.errors",
+    "DataTypeError": "kerasfed.errors",
+    "LabelError": "kerasfed.errors",
+    "IdxFormatError": "kerasfed.errors",
+    "TFConfigError": "kerasfed.errors",
+    "CheckpointError": "kerasfed.errors",
+    "CheckpointMismatchError": "kerasfed.errors",
+    "MissingDependencyError": "kerasfed.errors",
+    "FederatedUnavailableError": "kerasfed.errors",
+    "StrategyInitError": "kerasfed.errors",
+    "DeviceConfigError": "kerasfed.errors",
+    "WorkerStartError": "kerasfed.errors",
+    "WorkerDiedError": "kerasfed.errors",
+    # Older names of errors, kept as aliases of the class of their kind.
+    "FitArgumentError": "kerasfed.errors",
+    "FederatedArgumentError": "kerasfed.errors",
+    "FederatedArgumentTypeError": "kerasfed.errors",
+    "PartitionError": "kerasfed.errors",
+    "LaunchArgumentError": "kerasfed.errors",
+    "ClientDataError": "kerasfed.errors",
+    "ClientDataTypeError": "kerasfed.errors",
 }
 
 __all__ = sorted(["__version__", *_EXPORTS])
@@ -94,7 +106,10 @@ def __getattr__(name: str) -> Any:
     module = _EXPORTS.get(name)
     if module is None:
         raise AttributeError(f"module 'kerasfed' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
+    # A missing TensorFlow becomes a MissingDependencyError that names the extra.
+    from kerasfed._compat import import_public_module  # noqa: PLC0415
+
+    value = getattr(import_public_module(module), name)
     globals()[name] = value  # later lookups skip __getattr__
     return value
 

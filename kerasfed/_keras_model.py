@@ -17,16 +17,9 @@ from typing import Any, Callable, Union
 import numpy as np
 
 from kerasfed._compat import keras
+from kerasfed.errors import ModelError, ModelTypeError  # noqa: F401  (defined with the family)
 
 ModelLike = Union["keras.Model", Callable[[], "keras.Model"]]
-
-
-class ModelError(ValueError):
-    """The ``model`` argument is not a usable compiled Keras model."""
-
-
-class ModelTypeError(TypeError):
-    """The ``model`` argument is neither a Keras model nor a function returning one."""
 
 
 def resolve_compiled_model(model: ModelLike, *, caller: str) -> "keras.Model":

@@ -14,6 +14,8 @@ import zlib
 
 import numpy as np
 
+from kerasfed.errors import ArgumentError, IdxFormatError, MissingDependencyError
+
 # IDX data-type byte -> big-endian numpy dtype (http://yann.lecun.com/exdb/mnist/).
 IDX_DTYPES: dict[int, str] = {
     0x08: ">u1",
@@ -43,10 +45,6 @@ HOW_TO_GET_MNIST = (
 Split = tuple[np.ndarray, np.ndarray]
 
 _GZIP_MAGIC = b"\x1f\x8b"
-
-
-class IdxFormatError(ValueError):
-    """A file is not a valid IDX file."""
 
 
 def load_idx(path: str | os.PathLike) -> np.ndarray:
@@ -196,8 +194,8 @@ def load_digits_split(test_fraction: float = 0.25, seed: int = 0) -> tuple[Split
         ``(n, 64)`` scaled to [0, 1], int64 labels ``y`` of shape ``(n,)``.
 
     Raises:
-        ValueError: ``test_fraction`` outside (0, 1).
-        ImportError: scikit-learn is not installed.
+        ArgumentError: ``test_fraction`` outside (0, 1) (a ValueError).
+        MissingDependencyError: scikit-learn is not installed (an ImportError).
 
     Example:
         >>> (x_train, y_train), (x_test, y_test) = load_digits_split()
@@ -205,13 +203,13 @@ def load_digits_split(test_fraction: float = 0.25, seed: int = 0) -> tuple[Split
         ((1347, 64), (450, 64))
     """
     if isinstance(test_fraction, bool) or not 0.0 < float(test_fraction) < 1.0:
-        raise ValueError(
+        raise ArgumentError(
             f"Expected `test_fraction` in (0, 1). Received: test_fraction={test_fraction!r}."
         )
     try:
         from sklearn.datasets import load_digits  # noqa: PLC0415  (slow import, optional)
     except ImportError as e:
-        raise ImportError(
+        raise MissingDependencyError(
             "load_digits_split needs scikit-learn (`pip install scikit-learn`)."
         ) from e
     digits = load_digits()

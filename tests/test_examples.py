@@ -38,6 +38,9 @@ def test_demo_runs_both_parts_and_writes_the_plot(tmp_path):
     assert "native engine: test accuracy after 3 rounds" in proc.stdout
     assert "tff engine: test accuracy after 3 rounds" in proc.stdout
     assert "their accuracies differ by 0.0e+00" in proc.stdout
+    # It says what it does before each long step, and each engine's total time.
+    assert "starting TensorFlow" in proc.stdout and "building it, then 3 rounds" in proc.stdout
+    assert proc.stdout.count(" s per round, ") == 2 and proc.stdout.count(" s in all") == 3
     png = tmp_path / "demo_accuracy.png"
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 

@@ -17,6 +17,7 @@ import tensorflow as tf
 from kerasfed._compat import KERAS_3, keras
 from kerasfed._keras_model import ModelError, ModelTypeError
 from kerasfed.distributed.arguments import FitArgumentError
+from kerasfed.errors import ArgumentTypeError, CallbacksTypeError, SignatureError, VerboseError
 from kerasfed.distributed.data import DataError, DataTypeError
 from kerasfed.distributed.fit import fit_distributed
 from kerasfed.distributed.strategies import StrategyError
@@ -240,16 +241,16 @@ ARGUMENT_ERRORS = [
     ({"strategy": 3}, StrategyError, "Expected `strategy` to be one of"),
     ({"strategy": "multi_worker"}, StrategyError, "needs TF_CONFIG.*kerasfed launch --workers"),
     ({"epochs": 0}, FitArgumentError, "Expected `epochs` to be an int of at least 1. Received: epochs=0"),
-    ({"epochs": "3"}, FitArgumentError, "epochs='3' of type str"),
+    ({"epochs": "3"}, ArgumentTypeError, "epochs='3' of type str"),
     ({"batch_size": 0}, FitArgumentError, "Expected `batch_size` .* Received: batch_size=0"),
-    ({"batch_size": 2.5}, FitArgumentError, "batch_size=2.5 of type float"),
-    ({"batch_size": True}, FitArgumentError, "Received: batch_size=True"),
-    ({"verbose": 3}, FitArgumentError, r"^fit_distributed: expected `verbose` to be one of \['auto', 0, 1, 2\]"),
-    ({"learning_rate": 0.1}, TypeError, r"unexpected keyword argument\(s\) \['learning_rate'\]"),
+    ({"batch_size": 2.5}, ArgumentTypeError, "batch_size=2.5 of type float"),
+    ({"batch_size": True}, ArgumentTypeError, "Received: batch_size=True"),
+    ({"verbose": 3}, VerboseError, r"^fit_distributed: expected `verbose` to be one of \['auto', 0, 1, 2\]"),
+    ({"learning_rate": 0.1}, SignatureError, r"unexpected keyword argument\(s\) \['learning_rate'\]"),
     ({"validation_split": 1.5}, FitArgumentError, r"`validation_split` to be a float in \[0, 1\)"),
     ({"shuffle": "yes"}, FitArgumentError, 'Expected `shuffle` to be True, False or "batch"'),
-    ({"callbacks": keras.callbacks.History()}, FitArgumentError, "Wrap a single callback in a list"),
-    ({"callbacks": ["cb"]}, FitArgumentError, r"callbacks\[0\] is 'cb' of type str"),
+    ({"callbacks": keras.callbacks.History()}, CallbacksTypeError, "Wrap a single callback in a list"),
+    ({"callbacks": ["cb"]}, CallbacksTypeError, r"callbacks\[0\] is 'cb' of type str"),
     (
         {"callbacks": [keras.callbacks.BackupAndRestore("/tmp/x")], "backup_dir": "/tmp/y"},
         FitArgumentError, "already holds one",

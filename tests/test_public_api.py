@@ -13,6 +13,7 @@ pytestmark = pytest.mark.distributed  # runs in both environments
 
 PUBLIC = {
     "__version__",
+    "quiet_tensorflow_startup",
     "fit_distributed", "get_strategy", "use_logical_cpus", "TFConfigError", "StrategyError",
     "StrategyInitError", "DataError", "DataTypeError", "FitArgumentError", "DeviceConfigError",
     "fit_federated", "partition", "PartitionError", "ClientData", "as_client_data",
@@ -27,6 +28,10 @@ PUBLIC = {
     "Mean", "Median", "TrimmedMean", "Krum", "Bulyan", "DPMean", "SecureSum", "ClipNorm",
     "Zeroing", "Quantize", "TopK", "AGGREGATOR_NAMES", "AggregatorError",
     "AggregatorTypeError", "Attack", "write_client_data",
+    # The error family (kerasfed/errors.py); tests/test_errors.py checks each class.
+    "KerasfedError", "ArgumentError", "ArgumentTypeError", "SignatureError", "LabelError",
+    "IdxFormatError", "MissingDependencyError", "WorkerStartError", "WorkerDiedError",
+    "LaunchArgumentError",
 }
 
 

@@ -6,7 +6,6 @@ imports ``kerasfed.distributed.tf_config`` and must not import TensorFlow.
 
 from __future__ import annotations
 
-import importlib
 from typing import Any
 
 # Public name -> module that defines it.
@@ -34,7 +33,10 @@ def __getattr__(name: str) -> Any:
     module = _EXPORTS.get(name)
     if module is None:
         raise AttributeError(f"module 'kerasfed.distributed' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
+    # A missing TensorFlow becomes a MissingDependencyError that names the extra.
+    from kerasfed._compat import import_public_module  # noqa: PLC0415
+
+    value = getattr(import_public_module(module), name)
     globals()[name] = value  # later lookups skip __getattr__
     return value
 

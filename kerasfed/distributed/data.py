@@ -36,14 +36,7 @@ import numpy as np
 import tensorflow as tf
 
 from kerasfed._compat import keras
-
-
-class DataError(ValueError):
-    """The training or validation data, or an argument about it, is inconsistent."""
-
-
-class DataTypeError(TypeError):
-    """The training or validation data is of a form fit_distributed does not take."""
+from kerasfed.errors import DataError, DataTypeError  # noqa: F401  (defined with the family)
 
 
 ARRAYS = "arrays"

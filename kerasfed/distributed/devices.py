@@ -11,9 +11,7 @@ from __future__ import annotations
 
 import tensorflow as tf
 
-
-class DeviceConfigError(RuntimeError):
-    """TensorFlow's devices were initialised before they could be configured."""
+from kerasfed.errors import ArgumentError, ArgumentTypeError, DeviceConfigError
 
 
 def use_logical_cpus(n: int) -> list[str]:
@@ -30,8 +28,8 @@ def use_logical_cpus(n: int) -> list[str]:
         The device names, ``["/device:CPU:0", ..., f"/device:CPU:{n-1}"]``.
 
     Raises:
-        TypeError: ``n`` is not an int.
-        ValueError: ``n`` is smaller than 1.
+        ArgumentTypeError: ``n`` is not an int (a TypeError).
+        ArgumentError: ``n`` is smaller than 1 (a ValueError).
         DeviceConfigError: TensorFlow initialised its devices already (some op ran
             before this call) with another configuration.
 
@@ -41,9 +39,9 @@ def use_logical_cpus(n: int) -> list[str]:
         ['/device:CPU:0', '/device:CPU:1']
     """
     if isinstance(n, bool) or not isinstance(n, int):
-        raise TypeError(f"Expected `n` to be an int. Received: n={n!r} of type {type(n).__name__}.")
+        raise ArgumentTypeError(f"Expected `n` to be an int. Received: n={n!r} of type {type(n).__name__}.")
     if n < 1:
-        raise ValueError(f"Expected `n` to be at least 1. Received: n={n}.")
+        raise ArgumentError(f"Expected `n` to be at least 1. Received: n={n}.")
     cpu = tf.config.list_physical_devices("CPU")[0]
     names = [f"/device:CPU:{i}" for i in range(n)]
     current = tf.config.get_logical_device_configuration(cpu)

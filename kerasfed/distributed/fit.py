@@ -19,9 +19,11 @@ from typing import Any
 
 import tensorflow as tf
 
+from kerasfed._arguments import checked_call, user_stacklevel
 from kerasfed._compat import keras
+from kerasfed._console import resolve_verbose
 from kerasfed._keras_model import ModelLike, ModelRecipe, ModelTypeError, resolve_compiled_model
-from kerasfed.distributed import arguments, backup, data, epoch_order
+from kerasfed.distributed import arguments, backup, data, epoch_order, labels
 from kerasfed.distributed.backup import adapt_user_backup, backup_callback
 from kerasfed.distributed.keras3_build import build_from_local_batch
 from kerasfed.distributed.paths import WorkerPaths
@@ -38,6 +40,11 @@ _CALLER = "fit_distributed"
 DEFAULT_BATCH_SIZE = 32  # as model.fit
 
 
+@checked_call(
+    keyword_hints=arguments.KEYWORD_HINTS,
+    positional_hint=arguments.too_many_positionals,
+    extra_keywords=lambda: arguments.FIT_KEYWORDS,
+)
 def fit_distributed(
     model: ModelLike,
     x: Any = None,
@@ -93,8 +100,9 @@ def fit_distributed(
             workers save to a temporary path, as TensorFlow requires). Keras 3:
             a ``.keras`` file; Keras 2: ``.keras``, ``.h5`` or a SavedModel
             directory. Defaults to None (not saved).
-        verbose: ``"auto"`` (default: Keras's choice on the chief, silent on the
-            other workers), 0, 1 or 2.
+        verbose: ``"auto"`` (default: on the chief a progress bar in a terminal
+            or notebook and one line per epoch when stdout is a file or pipe, as
+            Keras advises; silent on the other workers), 0, 1 or 2.
         **fit_kwargs: Other ``model.fit`` keywords (``shuffle``,
             ``steps_per_epoch``, ``validation_split``, ``class_weight``,
             ``sample_weight``, ``initial_epoch``, ``validation_freq``, ...), with
@@ -144,9 +152,13 @@ def fit_distributed(
     fit_kwargs = dict(fit_kwargs)
     train = data.check_training_data(x, y, fit_kwargs.pop("sample_weight", None), batch_size, fit_kwargs)
     validation = data.check_validation_data(validation_data, fit_kwargs)
+    if isinstance(model, keras.Model):  # a model function's model is checked once built
+        labels.check_inputs(model, train, validation)
 
     strategy = get_strategy(strategy)
     trained = _model_in_scope(model, strategy)
+    if not isinstance(model, keras.Model):
+        labels.check_inputs(trained, train, validation)
     chief = is_chief(strategy)
     with WorkerPaths(is_chief=chief, rank=worker_rank(strategy)) as paths:
         backs_up = backup_dir is not None or any(
@@ -168,11 +180,21 @@ def fit_distributed(
                 **inputs,
                 epochs=epochs,
                 callbacks=callbacks,
-                verbose=verbose if verbose != "auto" or chief else 0,
+                verbose=_keras_verbose(verbose, chief),
             )
         if save_path is not None:
             _save(trained, paths.write_path(save_path))
     return history
+
+
+def _keras_verbose(verbose: str | int, chief: bool) -> int:
+    """``verbose`` for ``model.fit``: ``"auto"`` is silent on workers other than the
+    chief, else Keras' advice for where the output goes: a bar (1) in a terminal or
+    notebook, one line per epoch (2) in a file or pipe, where Keras would write ANSI
+    codes and carriage-return redraws."""
+    if verbose == "auto" and not chief:
+        return 0
+    return resolve_verbose(verbose)
 
 
 def _check_model(model: Any) -> None:
@@ -221,7 +243,7 @@ def _data_arguments(
             f"batch_size={global_batch} is smaller than the {strategy.num_replicas_in_sync} "
             f"replicas, so some replicas get empty batches at every step. Use a global "
             f"batch size of at least {strategy.num_replicas_in_sync}.",
-            stacklevel=3,
+            stacklevel=user_stacklevel(),
         )
     first_epoch = None
     if train.kind == data.ARRAYS and (multi_worker or backups is not None):

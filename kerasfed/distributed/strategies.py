@@ -19,16 +19,12 @@ import tensorflow as tf
 from kerasfed.distributed.multi_worker import MultiWorkerStrategy as _MultiWorkerMirroredStrategy
 from kerasfed.distributed.multi_worker import make_multi_worker
 from kerasfed.distributed.tf_config import ClusterConfig, TFConfigError, read_tf_config
+from kerasfed.errors import (  # noqa: F401  (defined with the family)
+    StrategyError,
+    StrategyInitError,
+)
 
 StrategyLike = Union[str, tf.distribute.Strategy]
-
-
-class StrategyError(ValueError):
-    """The ``strategy`` argument names no strategy, or one this process cannot run."""
-
-
-class StrategyInitError(RuntimeError):
-    """TensorFlow's state in this process no longer allows creating the strategy."""
 
 
 _MULTI_WORKER_TOO_LATE = """\

@@ -24,6 +24,8 @@ import json
 import os
 from typing import Any, Mapping, Sequence
 
+from kerasfed.errors import TFConfigError  # noqa: F401  (defined with the family)
+
 TF_CONFIG_VAR = "TF_CONFIG"
 
 TASK_TYPES: tuple[str, ...] = ("chief", "worker", "ps", "evaluator")
@@ -40,10 +42,6 @@ _EXAMPLE = (
     '{"cluster": {"worker": ["10.0.0.1:2222", "10.0.0.2:2222"]}, '
     '"task": {"type": "worker", "index": 0}}'
 )
-
-
-class TFConfigError(ValueError):
-    """``TF_CONFIG`` (or an address meant for it) is malformed or inconsistent."""
 
 
 @dataclasses.dataclass(frozen=True)

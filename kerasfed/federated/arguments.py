@@ -15,10 +15,15 @@ import warnings
 from typing import Any
 
 import numpy as np
+import tensorflow as tf
 
-from kerasfed._arguments import check_callbacks, check_verbose
+from kerasfed._arguments import check_callbacks, check_verbose, user_stacklevel
 from kerasfed._compat import KERAS_3, keras
 from kerasfed._keras_model import ModelError, ModelRecipe, resolve_compiled_model
+from kerasfed.errors import (  # noqa: F401  (defined with the family)
+    FederatedArgumentError,
+    FederatedArgumentTypeError,
+)
 from kerasfed.federated import checkpoint as ckpt
 from kerasfed.federated import aggregators as agg
 from kerasfed.federated.aggregators import accounting
@@ -26,8 +31,10 @@ from kerasfed.federated.algorithms import FedSGD, get_algorithm
 from kerasfed.federated.attack import Attack
 from kerasfed.federated.client_optimizers import client_optimizer_from_keras
 from kerasfed.federated.clients import ClientData, ClientDataError, as_client_data
+from kerasfed.federated.clients.structure import to_tensors
 from kerasfed.federated.compiled_parts import CompiledParts
 from kerasfed.federated.engines import resolve_engine
+from kerasfed.federated.model_outputs import OutputLayout
 from kerasfed.federated.progress import resolve_verbose
 from kerasfed.federated.server_optimizers import (
     check_server_learning_rate,
@@ -50,14 +57,6 @@ BATCHNORM_WARNING = (
     "the moving statistics over the clients), or keras.layers.GroupNormalization / "
     "LayerNormalization instead."
 )
-
-
-class FederatedArgumentError(ValueError):
-    """An argument of ``fit_federated`` has an invalid value."""
-
-
-class FederatedArgumentTypeError(TypeError):
-    """An argument of ``fit_federated`` has the wrong type."""
 
 
 
@@ -98,6 +97,7 @@ class Plan:
     seed: int
     verbose: int
     replicas: Any = None
+    layout: OutputLayout | None = None
 
     @property
     def chief(self) -> bool:
@@ -135,8 +135,13 @@ def check_arguments(model: Any, clients: Any, **args: Any) -> Plan:
     model = resolve_compiled_model(model, caller=_CALLER)
     # The TFF engine rebuilds the model from its config inside TFF's graphs; the
     # native engine trains the model itself, so subclassed models need no config.
+    requested = args["engine"]
+    auto = isinstance(requested, str) and requested.lower() == "auto" and args["strategy"] is None
+    if engine == "tff" and auto and _has_several_inputs_or_outputs(model):
+        engine = "native"  # TFF's Keras wrapper takes one input and one output
     recipe = ModelRecipe.from_model(model, caller=_CALLER, rebuild=engine == "tff")
     _check_single_input_output(model, engine)
+    layout = OutputLayout.of(model)
     algorithm = get_algorithm(args["algorithm"])
     server_optimizer = resolve_server_optimizer(args["server_optimizer"])
     server_learning_rate = check_server_learning_rate(args["server_learning_rate"])
@@ -147,8 +152,15 @@ def check_arguments(model: Any, clients: Any, **args: Any) -> Plan:
     )
 
     client_data = as_client_data(clients, what="clients")
-    output_shape = _output_shape(model, client_data)
-    num_classes, sparse = _label_rule(recipe, output_shape)
+    if engine == "tff" and _needs_native(client_data):
+        if auto:
+            engine = "native"
+        else:
+            _refuse_on_tff(client_data, "clients")
+    client_data = _canonical_clients(client_data, layout, "clients")
+    output_shape = _output_shape(model, client_data, layout)
+    num_classes, sparse = _label_rule(recipe, output_shape) if layout.single else (None, None)
+    label_rules = None if layout.single else _label_rules(recipe, layout, output_shape)
     cpr = args["clients_per_round"]
     if cpr is not None:
         cpr = _check_int("clients_per_round", cpr, 1, len(client_data))
@@ -157,18 +169,28 @@ def check_arguments(model: Any, clients: Any, **args: Any) -> Plan:
     sampling = _check_client_sampling(args["client_sampling"])
     expected = cpr if cpr is not None else len(client_data)
     attack = _check_attack(args["attack"], num_classes)
+    if attack is not None and attack.kind == "label_flip" and not layout.single:
+        raise FederatedArgumentError(
+            f"{_CALLER}: Attack('label_flip') flips one array of class labels; this model has "
+            f"{len(layout.names)} outputs {list(layout.names)}. Use an update attack "
+            f"('sign_flip', 'scale', ...) with several outputs.")
     _check_aggregation(chain, engine=engine, algorithm=algorithm, sampling=sampling,
                        expected=expected, attack=attack)
-    parts = CompiledParts.of(recipe, client_data.element_spec[1], output_shape)
+    parts = CompiledParts.of(recipe, client_data.element_spec[1], output_shape,
+                             layout=layout, structured=engine == "native")
     if engine == "tff":
         _check_weight_layout(model)
-    client_data.validate(**_label_check(num_classes, sparse, client_data))
+    rules = _label_check(num_classes, sparse, client_data, label_rules)
+    client_data.validate(**rules)
 
     eval_clients = None
     if args["evaluation_clients"] is not None:
         eval_clients = as_client_data(args["evaluation_clients"], what="evaluation_clients")
+        if engine == "tff" and _needs_native(eval_clients):
+            _refuse_on_tff(eval_clients, "evaluation_clients")
+        eval_clients = _canonical_clients(eval_clients, layout, "evaluation_clients")
         _check_same_spec(client_data, eval_clients)
-        eval_clients.validate(**_label_check(num_classes, sparse, eval_clients))
+        eval_clients.validate(**_label_check(num_classes, sparse, eval_clients, label_rules))
     eval_per_round = args["evaluation_clients_per_round"]
     if eval_per_round is not None:
         if eval_clients is None:
@@ -177,9 +199,11 @@ def check_arguments(model: Any, clients: Any, **args: Any) -> Plan:
                 f"`evaluation_clients` to sample from. Pass evaluation_clients=..., or drop it.")
         eval_per_round = _check_int("evaluation_clients_per_round", eval_per_round, 1,
                                     len(eval_clients))
-    validation = _check_validation_data(args["validation_data"], model, num_classes, sparse)
+    validation = _check_validation_data(args["validation_data"], model, num_classes, sparse,
+                                        layout=layout, label_rules=label_rules, engine=engine)
 
-    _warn_ignored_compile_settings(recipe)
+    if engine == "tff":
+        _warn_ignored_compile_settings(recipe)
     _warn_settings_without_effect(
         algorithm, local_epochs, evaluate_every,
         has_evaluation=validation is not None or eval_clients is not None,
@@ -190,12 +214,12 @@ def check_arguments(model: Any, clients: Any, **args: Any) -> Plan:
             f"`validation_data` (federated evaluation batches each client's data with "
             f"batch_size, as its training does).",
             UserWarning,
-            stacklevel=3,
+            stacklevel=user_stacklevel(),
         )
     if engine == "tff" and any(
         "BatchNormalization" in type(m).__name__ for m in model.submodules
     ):
-        warnings.warn(BATCHNORM_WARNING, UserWarning, stacklevel=3)
+        warnings.warn(BATCHNORM_WARNING, UserWarning, stacklevel=user_stacklevel())
 
     fingerprint = ckpt.training_fingerprint(
         model=model, recipe=recipe, algorithm=algorithm, server_optimizer=server_optimizer,
@@ -231,7 +255,7 @@ def check_arguments(model: Any, clients: Any, **args: Any) -> Plan:
         attackers=attack.attackers(client_data.client_ids, seed) if attack else frozenset(),
         label_rule=(num_classes, sparse), callbacks=callbacks,
         checkpoint_dir=checkpoint_dir, checkpoint=checkpoint, fingerprint=fingerprint,
-        seed=seed, verbose=verbose, replicas=replicas,
+        seed=seed, verbose=verbose, replicas=replicas, layout=layout,
     )
 
 
@@ -376,12 +400,73 @@ def _check_single_input_output(model: keras.Model, engine: str) -> None:
             + "; rebuild it with keras.Sequential or keras.Model(inputs, outputs)"
             + (", or use engine='native' under Keras 3." if engine == "tff" else ".")
         ) from None
+    if engine == "native":
+        return  # several inputs and outputs: lists or dicts, as Keras takes them
     for what, shape in shapes:
         if not isinstance(shape, tuple) or (shape and isinstance(shape[0], (tuple, list))):
             raise ModelError(
                 f"{_CALLER}: the model {model.name!r} has several {what}s ({shape}). "
-                f"Federated training supports models with one input and one output."
+                f"The TFF engine trains models with one input and one output; use "
+                f"engine='native', which takes several inputs and outputs."
             )
+
+
+def _has_several_inputs_or_outputs(model: keras.Model) -> bool:
+    try:
+        return len(model.inputs) > 1 or len(model.outputs) > 1 or isinstance(
+            model.output, dict) or isinstance(model.input, dict)
+    except (AttributeError, ValueError, TypeError):  # subclassed: no fixed inputs
+        return False
+
+
+def _needs_native(data: ClientData) -> bool:
+    return data.structured or data.has_sample_weights or data.has_strings
+
+
+def _refuse_on_tff(data: ClientData, what: str) -> None:
+    found = ("sample weights" if data.has_sample_weights else
+             "string features or labels" if data.has_strings else
+             "several arrays of features or labels (dicts, lists or tuples)")
+    raise FederatedArgumentError(
+        f"{_CALLER}: `{what}` have {found}, which the TFF engine cannot train on (TFF's "
+        f"Keras wrapper takes one numeric input and one label array, unweighted). Use "
+        f"engine='native'."
+    )
+
+
+def _canonical_clients(data: ClientData, layout: OutputLayout, what: str) -> ClientData:
+    """The clients with labels in the model's output order (a tuple for several outputs)."""
+    if data.on_disk or (layout.single and not data.structured):
+        return data
+    return ClientData({
+        cid: (entry[0], layout.canonical_labels(
+            entry[1], where=f"`{what}`" if cid == f"`{what}`" else f"`{what}`, client {cid!r}"),
+            *entry[2:])
+        for cid, entry in data.items()
+    })
+
+
+def _label_rules(recipe: ModelRecipe, layout: OutputLayout,
+                 output_shapes: tuple) -> list[tuple[str, int | None, bool | None]]:
+    """(output name, number of classes, sparse labels?) for each output, from its loss."""
+    from kerasfed.federated.output_parts import _per_output_losses  # noqa: PLC0415
+
+    losses = _per_output_losses(recipe, list(layout.names))
+    rules = []
+    for name, loss, shape in zip(layout.names, losses, output_shapes):
+        rule = (None, None) if loss is None else _label_rule(_FixedLoss(loss), shape)
+        rules.append((name, *rule))
+    return rules
+
+
+class _FixedLoss:
+    """A stand-in recipe whose ``new_loss`` is one output's loss (for ``_label_rule``)."""
+
+    def __init__(self, loss: Any):
+        self._loss = loss
+
+    def new_loss(self) -> Any:
+        return self._loss
 
 
 def _loss_kinds() -> dict[Any, str]:
@@ -422,26 +507,47 @@ def _label_rule(recipe: ModelRecipe, output_shape: Any) -> tuple[int | None, boo
     return None, None
 
 
-def _label_check(num_classes: int | None, sparse: bool | None, data: ClientData) -> dict:
+def _label_check(num_classes: int | None, sparse: bool | None, data: ClientData,
+                 label_rules: list | None = None) -> dict:
+    if label_rules is not None:
+        dtypes = [a.dtype for a in tf.nest.flatten(data[data.client_ids[0]][1])]
+        return {"label_rules": [
+            (name, None, None) if classes == 2 and sparse_ and dtype.kind == "f"
+            else (name, classes, sparse_)
+            for (name, classes, sparse_), dtype in zip(label_rules, dtypes)]}
     # Soft 0..1 targets are valid for binary cross-entropy: check integer labels only.
     if num_classes == 2 and sparse and data.label_dtype.kind == "f":
         return {}
     return {"num_classes": num_classes, "sparse_labels": sparse}
 
 
-def _output_shape(model: keras.Model, data: ClientData) -> tuple:
-    """The model's output shape; a subclassed model's is read off one example."""
-    try:
-        return tuple(model.output_shape)
-    except (AttributeError, ValueError):
-        x = data[data.client_ids[0]][0][:1]
-        return (None, *tuple(model(x, training=False).shape[1:]))
+def _output_shape(model: keras.Model, data: ClientData, layout: OutputLayout) -> tuple:
+    """The model's output shape (a tuple of them in ``layout`` order for several
+    outputs); a subclassed model's, and several outputs', read off one example."""
+    if layout.single and not data.structured and not data.has_strings:
+        try:
+            return tuple(model.output_shape)
+        except (AttributeError, ValueError):
+            pass
+    x = data[data.client_ids[0]][0]
+    one = to_tensors(tf.nest.map_structure(lambda a: a[:1], x))
+    pred = layout.flatten(model(one, training=False))
+    if layout.single:
+        return (None, *tuple(pred.shape[1:]))
+    return tuple((None, *tuple(p.shape[1:])) for p in pred)
 
 
 def _check_features(model: keras.Model, data: ClientData, what: str) -> None:
+    if data.structured or data.has_strings:
+        _check_structured_features(model, data, what)
+        return
     try:
         expected = tuple(model.input_shape[1:])
     except (AttributeError, ValueError):  # a subclassed model: checked when it runs
+        return
+    if isinstance(model.input_shape, list) or (
+            expected and isinstance(expected[0], (tuple, list))):
+        _check_structured_features(model, data, what)
         return
     got = tuple(data.feature_shape)
     if len(expected) != len(got) or any(e is not None and e != g for e, g in zip(expected, got)):
@@ -452,7 +558,44 @@ def _check_features(model: keras.Model, data: ClientData, what: str) -> None:
         )
 
 
+def _check_structured_features(model: keras.Model, data: ClientData, what: str) -> None:
+    """Several inputs: as many arrays as inputs (by name when a dict)."""
+    try:
+        inputs = list(model.inputs)
+    except (AttributeError, ValueError, TypeError):
+        return
+    x = data[data.client_ids[0]][0]
+    names = [getattr(t, "name", "").split(":")[0] for t in inputs]
+    got = tf.nest.flatten(x)
+    if isinstance(x, dict):
+        unknown = [k for k in x if k not in names and len(inputs) > 1]
+        if unknown or len(got) != len(inputs):
+            raise ClientDataError(
+                f"{_CALLER}: the model {model.name!r} has inputs {names}, but `{what}` has "
+                f"features keyed {sorted(x)}. Key the features by input name, one array each."
+            )
+    elif len(got) != len(inputs):
+        raise ClientDataError(
+            f"{_CALLER}: the model {model.name!r} has {len(inputs)} input(s) {names}, but "
+            f"`{what}` has {len(got)} feature array(s). Pass one array per input (a list in "
+            f"input order, or a dict by input name)."
+        )
+
+
 def _check_same_spec(clients: ClientData, eval_clients: ClientData) -> None:
+    if clients.structured or eval_clients.structured or clients.has_sample_weights or (
+            eval_clients.has_sample_weights):
+        def signature(data):
+            return str(tf.nest.map_structure(lambda sp: (tuple(sp.shape[1:]), sp.dtype.name),
+                                             data.element_spec[:2]))
+
+        if signature(clients) != signature(eval_clients):
+            raise ClientDataError(
+                f"{_CALLER}: `evaluation_clients` must have features and labels of the same "
+                f"structure, per-example shapes and dtypes as `clients`. `clients`: "
+                f"{signature(clients)}; `evaluation_clients`: {signature(eval_clients)}."
+            )
+        return
     ours = (clients.feature_shape, clients.feature_dtype, clients.label_shape, clients.label_dtype)
     theirs = (
         eval_clients.feature_shape, eval_clients.feature_dtype,
@@ -473,25 +616,37 @@ def _check_validation_data(
     model: keras.Model,
     num_classes: int | None,
     sparse: bool | None,
-) -> tuple[np.ndarray, np.ndarray] | None:
+    *,
+    layout: OutputLayout | None = None,
+    label_rules: list | None = None,
+    engine: str = "native",
+) -> tuple | None:
+    """``validation_data`` checked like a client; returned as the user gave it
+    (``model.evaluate`` takes the labels in the user's structure)."""
     if validation_data is None:
         return None
-    if not isinstance(validation_data, (tuple, list)) or len(validation_data) != 2:
+    if isinstance(validation_data, tf.data.Dataset):
+        validation_data = as_client_data({"validation_data": validation_data})["validation_data"]
+    if not isinstance(validation_data, (tuple, list)) or len(validation_data) not in (2, 3):
         raise FederatedArgumentTypeError(
-            f"{_CALLER}: expected `validation_data` to be a tuple (x_val, y_val) of arrays. "
+            f"{_CALLER}: expected `validation_data` to be a tuple (x_val, y_val) or "
+            f"(x_val, y_val, sample_weight) of arrays, or a tf.data.Dataset of such elements. "
             f"Received: {type(validation_data).__name__}"
             + (f" of length {len(validation_data)}" if isinstance(validation_data, (tuple, list)) else "")
             + ". Pass validation_data=(x_val, y_val); for held-out clients use "
             "`evaluation_clients`."
         )
-    try:
-        data = ClientData({"validation_data": tuple(validation_data)})
-        _check_features(model, data, "validation_data")
-        data.validate(**_label_check(num_classes, sparse, data))
-    except ClientDataError as e:
-        message = str(e).replace("Client 'validation_data'", "`validation_data`")
-        raise ClientDataError(message) from None
-    return data["validation_data"]
+    # Checked as one pseudo-client whose id, in backticks, makes the checks' messages
+    # name the argument (clients.validation.client_name).
+    data = ClientData({"`validation_data`": tuple(validation_data)})
+    if engine == "tff" and _needs_native(data):
+        _refuse_on_tff(data, "validation_data")
+    _check_features(model, data, "validation_data")
+    if layout is not None:
+        data = _canonical_clients(data, layout, "validation_data")
+    data.validate(**_label_check(num_classes, sparse, data, label_rules))
+    original = ClientData({"validation_data": tuple(validation_data)})
+    return original["validation_data"]
 
 
 def _warn_ignored_compile_settings(recipe: Any) -> None:
@@ -501,7 +656,7 @@ def _warn_ignored_compile_settings(recipe: Any) -> None:
                 f"{_CALLER}: the model is compiled with {key}=..., which federated "
                 f"training ignores (as TFF's Keras wrapper does).",
                 UserWarning,
-                stacklevel=4,
+                stacklevel=user_stacklevel(),
             )
 
 
@@ -513,7 +668,7 @@ def _warn_settings_without_effect(
             f"{_CALLER}: evaluate_every={evaluate_every} has no effect without "
             f"`validation_data` or `evaluation_clients`.",
             UserWarning,
-            stacklevel=4,
+            stacklevel=user_stacklevel(),
         )
     if local_epochs != 1 and not algorithm.uses_client_optimizer:
         warnings.warn(
@@ -521,7 +676,7 @@ def _warn_settings_without_effect(
             f"algorithm={algorithm.name!r}: its clients compute one gradient of their "
             f"mean loss (repeating the data leaves it unchanged) and do not train.",
             UserWarning,
-            stacklevel=4,
+            stacklevel=user_stacklevel(),
         )
 
 

@@ -28,20 +28,16 @@ from typing import Any
 import numpy as np
 
 from kerasfed._compat import keras
+from kerasfed.errors import (  # noqa: F401  (defined with the family)
+    CheckpointError,
+    CheckpointMismatchError,
+)
 from kerasfed.federated.engines.base import NeutralState
 
 CHECKPOINT_FILE = "kerasfed_federated.npz"
 GROUPS = ("optimizer", "algorithm", "aggregator")  # NeutralState's named slot groups
 _FORMAT = 2  # 1: TFF's flattened state (before the engine seam)
 _META = "meta"
-
-
-class CheckpointError(ValueError):
-    """A checkpoint cannot be read or does not fit this training."""
-
-
-class CheckpointMismatchError(CheckpointError):
-    """A checkpoint was written by a training with a different configuration."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -262,7 +258,9 @@ def _describe_model(model: keras.Model) -> str:
         # described one by one instead.
         config = {} if isinstance(layer, keras.Model) else layer.get_config()
         config = {k: v for k, v in config.items() if k != "name"}
-        shapes = [(tuple(w.shape), str(getattr(w.dtype, "name", w.dtype))) for w in layer.weights]
+        # Keras 2 lookup layers list a vocabulary handler (no shape) among their weights.
+        shapes = [(tuple(w.shape), str(getattr(w.dtype, "name", w.dtype)))
+                  for w in layer.weights if hasattr(w, "shape")]
         parts.append([type(layer).__name__, config, shapes])
     digest = hashlib.sha256(describe(parts).encode()).hexdigest()[:16]
     return (

@@ -37,6 +37,11 @@ import dataclasses
 import numbers
 from typing import Any
 
+from kerasfed.errors import (  # noqa: F401  (defined with the family)
+    ClientOptimizerError,
+    ClientOptimizerTypeError,
+)
+
 SUPPORTED_KERAS_OPTIMIZERS: tuple[str, ...] = ("SGD", "Adam", "AdamW", "Adagrad", "RMSprop")
 
 # Keys every Keras 2.14 optimizer config has that do not change the update rule
@@ -61,14 +66,6 @@ _UNSUPPORTED_SETTINGS = {
     "loss_scale_factor": (None, "compile without loss scaling"),  # Keras 3
     "gradient_accumulation_steps": (None, "use larger client batches"),  # Keras 3
 }
-
-
-class ClientOptimizerError(ValueError):
-    """The compiled Keras optimizer (or a setting of it) has no TFF equivalent."""
-
-
-class ClientOptimizerTypeError(TypeError):
-    """The optimizer config is not a ``{"class_name": ..., "config": ...}`` dict."""
 
 
 def client_optimizer_from_keras(

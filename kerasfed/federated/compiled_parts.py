@@ -50,23 +50,37 @@ class CompiledParts:
     metrics: tuple[Callable[[], Any], ...]
 
     @classmethod
-    def of(cls, recipe: Any, label_spec: tf.TensorSpec, output_shape: Any) -> CompiledParts:
+    def of(cls, recipe: Any, label_spec: Any, output_shape: Any, *,
+           layout: Any = None, structured: bool = False) -> CompiledParts:
         """Reads ``recipe``'s compiled loss and metrics.
 
+        Args:
+          recipe: The model's ``ModelRecipe``.
+          label_spec: The labels' spec (a tuple of them in ``layout`` order for
+            several outputs).
+          output_shape: The model's output shape (a tuple of them likewise).
+          layout: The model's ``OutputLayout`` (None: one output).
+          structured: Build what the native engine takes beyond TFF: per-output
+            losses and metrics, ``loss_weights`` and ``weighted_metrics``.
+
         Raises:
-          ModelError: A per-output loss or metrics, or ones Keras cannot rebuild.
+          ModelError: A loss or metrics that do not fit the outputs, or ones Keras
+            cannot rebuild; per-output ones where not ``structured``.
         """
-        loss, loss_per_example = _loss_constructors(recipe)
+        if structured:
+            from kerasfed.federated import output_parts  # noqa: PLC0415
+
+            return output_parts.structured_parts(cls, recipe, label_spec, output_shape, layout)
+        loss, loss_per_example = _loss_constructors(recipe.new_loss())
         metrics = _metric_constructors(recipe.compile_args.get("metrics"), label_spec, output_shape)
         return cls(loss=loss, loss_per_example=loss_per_example, metrics=tuple(metrics))
 
 
-def _loss_constructors(recipe: Any) -> tuple[Callable[[], Any], Callable[[], Any]]:
-    loss = recipe.new_loss()
+def _loss_constructors(loss: Any) -> tuple[Callable[[], Any], Callable[[], Any]]:
     if isinstance(loss, (dict, list, tuple)):
         raise ModelError(
-            "fit_federated supports models with one output and one loss. Received a "
-            f"per-output loss: {loss!r}. Compile a single-output model with one loss."
+            "fit_federated's TFF engine supports models with one output and one loss. "
+            f"Received a per-output loss: {loss!r}. Use engine='native'."
         )
     none = "none" if KERAS_3 else keras.losses.Reduction.NONE
     if isinstance(loss, keras.losses.Loss):
@@ -104,8 +118,8 @@ def _metric_constructors(
         and any(isinstance(m, (list, tuple, dict)) for m in metrics)
     ):
         raise ModelError(
-            f"fit_federated supports one list of metrics for a single-output model. "
-            f"Received per-output metrics: {metrics!r}. Compile with metrics=[...]."
+            f"fit_federated's TFF engine supports one list of metrics for a single-output "
+            f"model. Received per-output metrics: {metrics!r}. Use engine='native'."
         )
     if not isinstance(metrics, (list, tuple)):
         metrics = [metrics]
@@ -119,7 +133,8 @@ def _metric_constructor(metric: Any, label_spec: tf.TensorSpec, output_shape: An
     if isinstance(metric, str):
         fn = _resolve_by_shape(metric, label_spec, output_shape) or keras.metrics.get(metric)
         if isinstance(fn, keras.metrics.Metric):
-            cls, config = type(fn), fn.get_config()
+            # Keras 3 resolves "mae" to MeanAbsoluteError() and names it "mae" in History.
+            cls, config = type(fn), {**fn.get_config(), "name": metric}
             return lambda: cls.from_config(dict(config))
         name = metric
     elif callable(metric):

@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from kerasfed._arguments import checked_call, user_stacklevel
 from kerasfed._compat import keras
 from kerasfed.distributed.paths import WorkerPaths
 from kerasfed.federated import checkpoint as ckpt
@@ -31,13 +32,16 @@ from kerasfed.federated.arguments import (  # noqa: F401  (re-exported names)
 from kerasfed.federated.aggregators import accounting
 from kerasfed.federated.attack import flip_labels
 from kerasfed.federated.clients import ClientData, client_shuffle_seed, epoch_orders, sample_clients
+from kerasfed.federated.clients.structure import has_strings, num_rows, to_tensors
 from kerasfed.federated.engines import ClientRound, EngineSetup, make_engine
 from kerasfed.federated.progress import RoundProgress, quiet_tensorflow
+from kerasfed.federated.signature_hints import SIGNATURE_HINTS, too_many_positionals
 
 _CALLER = "fit_federated"
 LOG = logging.getLogger("kerasfed")
 
 
+@checked_call(keyword_hints=SIGNATURE_HINTS, positional_hint=too_many_positionals)
 def fit_federated(
     model: Any,
     clients: Any,
@@ -97,11 +101,18 @@ def fit_federated(
     ``val_``/``fed_eval_`` entries, so those lists are shorter than ``loss``.
 
     Args:
-      model: A compiled, built Keras model with one input and one output
-        (Sequential or functional; on the native engine under Keras 3 also
-        subclassed), or a zero-argument function returning one.
-      clients: Training clients: ``{client_id: (x, y)}``, ``{client_id:
-        tf.data.Dataset}``, a ``kerasfed.ClientData`` or a TFF ``ClientData``.
+      model: A compiled, built Keras model (Sequential or functional; on the
+        native engine under Keras 3 also subclassed), or a zero-argument
+        function returning one. On the native engine it may have several
+        inputs and outputs (lists or dicts), per-output losses, metrics and
+        ``loss_weights``, ``weighted_metrics``, and layers that take strings
+        or integer ids (``TextVectorization``, ``StringLookup``, ``Embedding``);
+        the TFF engine takes one input and one output (see docs/models.md).
+      clients: Training clients: ``{client_id: (x, y)}`` or ``{client_id: (x, y,
+        sample_weight)}`` (``x``/``y`` arrays, or dicts/lists of arrays as the
+        model's inputs/outputs take them; numpy string arrays allowed),
+        ``{client_id: tf.data.Dataset}`` with such elements, a
+        ``kerasfed.ClientData`` or a TFF ``ClientData``.
       rounds: Number of rounds, >= 1 (the total, counting resumed rounds).
       clients_per_round: Clients sampled per round, in [1, number of clients];
         None (default) takes all clients every round.
@@ -117,7 +128,8 @@ def fit_federated(
         or an instance such as ``ServerSGD(momentum=0.9)``.
       server_learning_rate: The server optimizer's learning rate (default 1.0:
         FedAvg's plain averaging with server SGD).
-      validation_data: ``(x_val, y_val)`` evaluated centrally with the global
+      validation_data: ``(x_val, y_val)`` or ``(x_val, y_val, sample_weight)``
+        (structures as for ``clients``) evaluated centrally with the global
         weights on evaluated rounds (default None).
       validation_batch_size: Batch size for ``validation_data`` (default None:
         ``batch_size``, as in ``Model.fit``). Evaluation does not train, so a
@@ -271,7 +283,7 @@ def _start_engine(plan: Plan) -> tuple[Any, Any]:
         largest_client=max(plan.clients.num_examples(c) for c in plan.clients.client_ids),
         local_epochs=plan.local_epochs, aggregator=plan.aggregator, attack=plan.attack,
         attackers=plan.attackers, seed=plan.seed, expected_clients=plan.expected_clients,
-        replicas=plan.replicas,
+        replicas=plan.replicas, layout=plan.layout,
     )
     engine = make_engine(plan.engine, setup)
     try:
@@ -301,22 +313,23 @@ def round_clients(plan: Plan, round_num: int) -> list[ClientRound]:
     rounds = []
     flip = plan.attack is not None and plan.attack.kind == "label_flip"
     for cid in cids:
-        x, y = plan.clients[cid]
+        x, y, *w = plan.clients[cid]
         if flip and cid in plan.attackers:
             num_classes, sparse = plan.label_rule
             y = flip_labels(y, num_classes=num_classes, sparse=sparse)
         order = epoch_orders(
-            len(x), epochs=plan.local_epochs, shuffle=plan.shuffle,
+            num_rows(x), epochs=plan.local_epochs, shuffle=plan.shuffle,
             seed=client_shuffle_seed(plan.seed, round_num, cid) if plan.shuffle else None,
         )
-        rounds.append(ClientRound(cid=cid, x=x, y=y, order=order))
+        rounds.append(ClientRound(cid=cid, x=x, y=y, order=order, w=w[0] if w else None))
     return rounds
 
 
 def _whole_clients(data: ClientData) -> list[ClientRound]:
     return [
-        ClientRound(cid=cid, x=x, y=y, order=np.arange(len(x))[None])
-        for cid, (x, y) in data.items()
+        ClientRound(cid=cid, x=x, y=y, order=np.arange(num_rows(x))[None],
+                    w=w[0] if w else None)
+        for cid, (x, y, *w) in data.items()
     ]
 
 
@@ -325,10 +338,10 @@ def _run_round(plan: Plan, engine: Any, state: Any, round_num: int) -> tuple[Any
     clients = round_clients(plan, round_num)
     state, result = engine.train_round(state, clients, round_num)
     seconds = time.perf_counter() - started
-    expected = plan.local_epochs * sum(len(c.x) for c in clients)
+    expected = plan.local_epochs * sum(num_rows(c.x) for c in clients)
     if result.skipped:
         warnings.warn(f"{_CALLER}: round {round_num + 1}: {result.skipped}; the global "
-                      f"weights were kept.", RuntimeWarning, stacklevel=4)
+                      f"weights were kept.", RuntimeWarning, stacklevel=user_stacklevel())
     elif clients:
         _warn_non_finite(round_num, result, expected)
     plan.model.set_weights(engine.get_weights(state))
@@ -380,16 +393,19 @@ def _warn_non_finite(round_num: int, result: Any, expected_examples: int) -> Non
         f"{_CALLER}: round {round_num + 1}: {what}. Lower the client or server learning "
         f"rate, or check the data.",
         RuntimeWarning,
-        stacklevel=5,  # _warn_non_finite < _run_round < _train < fit_federated < caller
+        stacklevel=user_stacklevel(),
     )
 
 
 def _evaluate(plan: Plan, engine: Any, state: Any, round_num: int) -> dict[str, float]:
     logs: dict[str, float] = {}
     if plan.validation is not None:
-        x, y = plan.validation
+        x, y, *w = plan.validation
+        if has_strings(x) or has_strings(y):  # Keras 3's evaluate refuses numpy strings
+            x, y = to_tensors(x), to_tensors(y)
         results = plan.model.evaluate(
-            x, y, batch_size=plan.validation_batch_size, verbose=0, return_dict=True
+            x, y, sample_weight=w[0] if w else None, batch_size=plan.validation_batch_size,
+            verbose=0, return_dict=True
         )
         logs.update({f"val_{k}": float(v) for k, v in results.items()})
     if plan.eval_clients is not None:

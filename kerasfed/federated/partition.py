@@ -30,6 +30,8 @@ from typing import Any
 
 import numpy as np
 
+from kerasfed._arguments import checked_call, user_stacklevel
+from kerasfed.errors import ArgumentTypeError, PartitionError
 from kerasfed.federated.clients import ClientData, check_int
 from kerasfed.federated.clients.arguments import ArrayLike
 
@@ -43,10 +45,7 @@ DEFAULT_SHARDS_PER_CLIENT = 2
 _MAX_DIRICHLET_DRAWS = 10_000
 
 
-class PartitionError(ValueError):
-    """The requested partition is invalid or cannot be drawn."""
-
-
+@checked_call(positional_hint=lambda args: "Pass seed, alpha and the other options by keyword, e.g. seed=0.")
 def partition(
     x: ArrayLike,
     y: ArrayLike,
@@ -85,7 +84,7 @@ def partition(
     Raises:
         PartitionError: unknown scheme, bad arguments, or no Dirichlet draw
             meets ``min_client_size``.
-        TypeError: a non-int count.
+        ArgumentTypeError: a non-int count or a non-float ``alpha`` (a TypeError).
 
     Example:
         >>> x, y = np.arange(20)[:, None], np.arange(20) % 2
@@ -156,7 +155,6 @@ def _indices(
     shards_per_client: int | None,
     keys: ArrayLike | None,
 ) -> dict[str, np.ndarray]:
-    # Both public callers are one frame above this, so warnings use a fixed stacklevel.
     y = np.asarray(y)
     if y.ndim == 0 or len(y) == 0:
         raise PartitionError(f"There are no examples to partition (y has shape {y.shape}).")
@@ -317,15 +315,12 @@ def _class_ids(y: np.ndarray) -> np.ndarray:
 
 
 def _count(name: str, value: Any, minimum: int, maximum: int | None = None) -> int:
-    try:
-        return check_int(name, value, minimum, maximum)
-    except ValueError as e:
-        raise PartitionError(str(e)) from None
+    return check_int(name, value, minimum, maximum)  # ArgumentError is PartitionError
 
 
 def _positive_float(name: str, value: Any) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
-        raise TypeError(f"Expected `{name}` to be a float. Received: {name}={value!r}.")
+        raise ArgumentTypeError(f"Expected `{name}` to be a float. Received: {name}={value!r}.")
     if not np.isfinite(value) or value <= 0:
         raise PartitionError(f"Expected `{name}` > 0 and finite. Received: {name}={value}.")
     return float(value)
@@ -338,5 +333,5 @@ def _warn_unused(scheme: str, **settings: Any) -> None:
             warnings.warn(
                 f"`{name}` has no effect with scheme={scheme!r}; it is used by "
                 f"scheme={users[name]!r} only.",
-                stacklevel=4,  # _warn_unused < _indices < public function < caller
+                stacklevel=user_stacklevel(),  # the caller of partition(_indices)
             )

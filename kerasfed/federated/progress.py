@@ -1,11 +1,14 @@
 """What ``fit_federated`` prints: round progress, and none of TensorFlow's chatter.
 
-``verbose=1`` shows one ``tqdm.auto`` bar over the rounds (a widget in a notebook
-when ipywidgets is installed, a text bar in a terminal) with the latest round's
-loss and metrics; ``verbose=2`` prints one line per round, like Keras' ``fit``
-with ``verbose=2``; ``verbose=0`` prints nothing. ``"auto"`` means 1 in a terminal
-or notebook and 2 otherwise (a log file or a CI job, where a bar's carriage
-returns would pile up).
+``verbose=1`` shows one progress line over the rounds with the latest round's loss
+and metrics: in a terminal it is redrawn in place and always fits the terminal's
+width (the bar goes first, then long metric names are shortened, the timing and at
+last the least important metrics are left out, so the values never get cut); in a
+Jupyter notebook it is one display that updates in place (no ipywidgets needed, so
+the saved notebook holds one output, the final state); written to a file or a pipe
+it becomes one line per round, as ``verbose=2``. ``verbose=2`` prints one line per
+round, like Keras' ``fit`` with ``verbose=2``; ``verbose=0`` prints nothing.
+``"auto"`` is 1 in a terminal or notebook and 2 otherwise (``kerasfed._console``).
 
 While TFF traces and runs computations, ``quiet_tensorflow`` keeps TensorFlow's
 and TFF's own output away from the user: TensorFlow's Python logger is limited
@@ -19,46 +22,153 @@ Starting new session") per round computation.
 from __future__ import annotations
 
 import contextlib
+import html
 import logging
+import math
 import os
 import re
+import statistics
 import sys
-import tempfile
+import textwrap
+import time
 import warnings
 from collections.abc import Iterator
 from typing import Any
 
 from kerasfed._compat import keras
+from kerasfed._console import in_notebook, is_interactive, resolve_verbose, terminal_columns
+from kerasfed._tf_startup import filtered_stderr, is_startup_noise, user_sets_log_level
+
+__all__ = ["RoundProgress", "format_logs", "quiet_tensorflow", "resolve_verbose", "round_line"]
 
 # Counters that are not model quality; shown in the line only as the round's time.
 _NOT_SHOWN = ("num_examples", "round_seconds", "bytes_to_clients", "bytes_from_clients")
 
-
-def resolve_verbose(verbose: int | str) -> int:
-    """0, 1 or 2 for a checked ``verbose`` (``_arguments.check_verbose``): ``"auto"``
-    is 1 in a terminal or notebook, else 2."""
-    if verbose == "auto":
-        return 1 if _interactive() else 2
-    return int(verbose)
-
-
-def _interactive() -> bool:
-    shell = getattr(sys.modules.get("IPython"), "get_ipython", lambda: None)()
-    if shell is not None and type(shell).__name__ == "ZMQInteractiveShell":
-        return True  # a Jupyter kernel: its stdout is no TTY, but a bar renders
-    isatty = getattr(sys.stdout, "isatty", None)
-    return bool(isatty and isatty())
+# Shorter names for narrow terminals, applied in this order to each metric name.
+_SHORT_NAMES = (
+    ("sparse_categorical_accuracy", "acc"),
+    ("categorical_accuracy", "acc"),
+    ("binary_accuracy", "acc"),
+    ("accuracy", "acc"),
+    ("mean_squared_error", "mse"),
+    ("mean_absolute_error", "mae"),
+    ("crossentropy", "xent"),
+)
+_MIN_BAR = 10  # a narrower bar says nothing; leave it out instead
+_MAX_BAR = 20
 
 
 def format_logs(logs: dict[str, Any]) -> str:
     """``"loss: 0.1234 - accuracy: 0.9500 - val_loss: ..."`` (counters left out)."""
-    return " - ".join(
-        f"{k}: {v:.4f}" for k, v in logs.items() if k not in _NOT_SHOWN and _is_number(v)
-    )
+    return " - ".join(f"{k}: {_value(v)}" for k, v in _metrics(logs))
+
+
+def _metrics(logs: dict[str, Any]) -> list[tuple[str, Any]]:
+    return [(k, v) for k, v in logs.items() if k not in _NOT_SHOWN and _is_number(v)]
 
 
 def _is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _value(value: float) -> str:
+    """Four decimals, as Keras; tiny and huge values in exponent form so they stay short."""
+    if value == 0 or not math.isfinite(value) or 1e-3 <= abs(value) < 1e5:
+        return f"{value:.4f}"
+    return f"{value:.3e}"
+
+
+def _duration(seconds: float) -> str:
+    seconds = max(0, round(seconds))
+    if seconds < 60:
+        return f"{seconds}s"
+    if seconds < 3600:
+        return f"{seconds // 60}m{seconds % 60:02d}s"
+    return f"{seconds // 3600}h{seconds // 60 % 60:02d}m"
+
+
+def _short_names(names: list[str]) -> dict[str, str]:
+    """Shorter names, except where two would become the same."""
+    short = {}
+    for name in names:
+        new = name
+        for long, abbreviation in _SHORT_NAMES:
+            new = new.replace(long, abbreviation)
+        short[name] = new
+    taken = list(short.values())
+    return {n: s if taken.count(s) == 1 else n for n, s in short.items()}
+
+
+def _drop_order(names: list[str]) -> list[str]:
+    """The metrics to leave out, first to last, when even short names do not fit:
+    the loss, the first metric and their validation twins go last (the loss never)."""
+    first = next((n for n in names if n != "loss" and not n.startswith(("val_", "fed_eval_"))), None)
+    important = {"loss", "val_loss"} | ({first, f"val_{first}"} if first else set())
+    others = [n for n in reversed(names) if n not in important]
+    return others + [n for n in reversed(names) if n in important and n != "loss"]
+
+
+def round_line(
+    done: int,
+    rounds: int,
+    logs: dict[str, Any],
+    *,
+    width: int | None = None,
+    timing: tuple[str, str] = ("", ""),
+) -> str:
+    """The progress line after ``done`` of ``rounds`` rounds, at most ``width`` characters.
+
+    Args:
+        done: Rounds completed.
+        rounds: Rounds in the whole training.
+        logs: The latest round's logs (counters are left out).
+        width: The most characters the line may take; None for no limit.
+        timing: ``(full, short)`` timing texts, e.g. ``("0.21s/round  ETA 5s", "ETA 5s")``.
+
+    Returns:
+        The line: the round count first, then (space permitting) a bar, the metric
+        values and the timing. What does not fit is left out in this order: the bar,
+        long metric names (shortened), the timing, less important metrics; every
+        value shown is shown in full.
+    """
+    head = f"Round {done:>{len(str(rounds))}}/{rounds}"
+    metrics = _metrics(logs)
+    names = [n for n, _ in metrics]
+    values = dict(metrics)
+    short = _short_names(names)
+    full_timing, short_timing = timing
+
+    def compose(shown: list[str], rename: dict[str, str] | None, times: str, bar: bool) -> str:
+        parts = [head]
+        text = [f"{(rename or {}).get(n, n)} {_value(values[n])}" for n in shown]
+        rest = "  ".join([*text, times] if times else text)
+        if bar:
+            # The bar takes what the rest leaves: two brackets and two spaces around it.
+            room = _MAX_BAR if width is None else min(width - len(head) - len(rest) - 4, _MAX_BAR)
+            if room < _MIN_BAR:
+                return ""
+            filled = round(room * done / rounds) if rounds else room
+            parts.append("[" + "=" * filled + "." * (room - filled) + "]")
+        if rest:
+            parts.append(rest)
+        return " ".join(parts)
+
+    candidates = [
+        (names, None, full_timing, True),
+        (names, None, full_timing, False),
+        (names, short, full_timing, False),
+        (names, short, short_timing, False),
+        (names, short, "", False),
+    ]
+    dropped = list(names)
+    for name in _drop_order(names):
+        dropped = [n for n in dropped if n != name]
+        candidates.append((dropped, short, "", False))
+    for shown, rename, times, bar in candidates:
+        line = compose(shown, rename, times, bar)
+        if line and (width is None or len(line) <= width):
+            return line
+    return compose(["loss"] if "loss" in values else [], short, "", False)[: max(width or 0, 1)]
 
 
 class RoundProgress(keras.callbacks.Callback):
@@ -68,63 +178,148 @@ class RoundProgress(keras.callbacks.Callback):
       verbose: 0, 1 or 2 (see the module docstring).
       rounds: Total number of rounds of the training.
       initial_round: Rounds already completed (a resumed training).
+      stream: Where the progress goes. Defaults to ``sys.stdout`` at training start.
+      width: Columns of the terminal. Defaults to its width, read at every redraw.
     """
 
-    def __init__(self, verbose: int, rounds: int, initial_round: int = 0):
+    def __init__(self, verbose: int, rounds: int, initial_round: int = 0, *,
+                 stream: Any = None, width: int | None = None):
         super().__init__()
         self._verbose = verbose
         self._rounds = rounds
         self._initial = initial_round
-        self._bar = None
+        self._stream = stream
+        self._width = width
+        self._display: _Display | None = None
+        self._seconds: list[float] = []
+        self._started = 0.0
+        self._last: tuple[int, dict] | None = None  # the latest round shown live
 
     def on_train_begin(self, logs: dict | None = None) -> None:
-        if self._verbose == 1 and self._bar is None:
-            with warnings.catch_warnings():
-                # tqdm.auto warns when a notebook lacks ipywidgets, then falls back
-                # to the text bar, which is what we want anyway.
-                warnings.simplefilter("ignore")
-                from tqdm.auto import tqdm  # noqa: PLC0415
-
-                self._bar = tqdm(
-                    total=self._rounds,
-                    initial=self._initial,
-                    desc="fit_federated",
-                    unit="round",
-                    file=sys.stdout,
-                    dynamic_ncols=True,
-                )
+        self._started = time.monotonic()
+        if self._verbose != 1 or self._display is not None:
+            return
+        stream = sys.stdout if self._stream is None else self._stream
+        if in_notebook() and self._stream is None:
+            self._display = _NotebookDisplay()
+        elif is_interactive(stream):
+            self._display = _TerminalDisplay(stream, self._width)
+        # Otherwise (a file or a pipe) no display: one line per round, as verbose=2.
+        if self._display is not None:
+            self._display.show(self._line(self._initial, {}, final=False))
 
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
         logs = logs or {}
-        if self._bar is not None:
-            self._bar.set_postfix_str(format_logs(logs), refresh=False)
-            self._bar.update(1)
-        elif self._verbose == 2:
-            seconds = logs.get("round_seconds", float("nan"))
-            line = f"Round {epoch + 1}/{self._rounds} - {seconds:.2f}s"
+        seconds = logs.get("round_seconds")
+        if _is_number(seconds):
+            self._seconds.append(seconds)
+        if self._display is not None:
+            self._display.show(self._line(epoch + 1, logs, final=False))
+            self._last = (epoch + 1, logs)
+        elif self._verbose in (1, 2):
+            line = f"Round {epoch + 1}/{self._rounds} - {_time(seconds)}"
             shown = format_logs(logs)
-            print(f"{line} - {shown}" if shown else line, flush=True)
+            self._print(f"{line} - {shown}" if shown else line)
 
     def on_train_end(self, logs: dict | None = None) -> None:
+        if self._display is not None and self._last is not None:
+            self._display.show(self._line(*self._last, final=True))
         self.close()
 
+    def _line(self, done: int, logs: dict, *, final: bool) -> Any:
+        return lambda width: round_line(done, self._rounds, logs, width=width,
+                                        timing=self._timing(done, final))
+
+    def _timing(self, done: int, final: bool) -> tuple[str, str]:
+        if not self._seconds:
+            return "", ""
+        per_round = statistics.median(self._seconds)
+        if final:
+            total = f"{_duration(time.monotonic() - self._started)} in all"
+            return f"{per_round:.2f}s/round  {total}", total
+        eta = f"ETA {_duration(per_round * (self._rounds - done))}"
+        return f"{per_round:.2f}s/round  {eta}", eta
+
     def note(self, text: str) -> None:
-        """Prints one line before the rounds (e.g. how the engine runs them), unless silent."""
-        if self._verbose:
-            print(text, flush=True)
+        """Prints a line before the rounds (e.g. how the engine runs them), unless silent;
+        wrapped to the width of a terminal, one line anywhere else."""
+        if not self._verbose:
+            return
+        stream = sys.stdout if self._stream is None else self._stream
+        if self._verbose == 1 and not in_notebook() and is_interactive(stream):
+            width = (self._width or terminal_columns()) - 1
+            text = textwrap.fill(text, width=max(width, 20), subsequent_indent="  ")
+        self._print(text)
+
+    def _print(self, text: str) -> None:
+        print(text, file=sys.stdout if self._stream is None else self._stream, flush=True)
 
     def close(self) -> None:
-        """Closes the bar (idempotent; also called when training raises)."""
-        if self._bar is not None:
-            self._bar.close()
-            self._bar = None
+        """Ends the display (idempotent; also called when training raises)."""
+        if self._display is not None:
+            self._display.close()
+            self._display = None
+
+
+def _time(seconds: Any) -> str:
+    return f"{seconds:.2f}s" if _is_number(seconds) else "nan s"
+
+
+class _Display:
+    """One progress line shown in place; ``show`` takes ``line(width) -> str``."""
+
+    def show(self, line: Any) -> None:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        """Leaves the last state shown."""
+
+
+class _TerminalDisplay(_Display):
+    """Redraws the line with a carriage return, padded with spaces (no ANSI codes)."""
+
+    def __init__(self, stream: Any, width: int | None):
+        self._stream = stream
+        self._width = width
+        self._shown = 0
+
+    def show(self, line: Any) -> None:
+        # One column less than the terminal: a line that fills it wraps on some terminals.
+        text = line((self._width or terminal_columns()) - 1)
+        self._stream.write("\r" + text + " " * max(0, self._shown - len(text)))
+        self._stream.flush()
+        self._shown = len(text)
+
+    def close(self) -> None:
+        if self._shown:
+            self._stream.write("\n")
+            self._stream.flush()
+            self._shown = 0
+
+
+class _NotebookDisplay(_Display):
+    """One IPython display updated in place: a saved notebook holds its last state."""
+
+    def __init__(self) -> None:
+        from IPython.display import display  # noqa: PLC0415  (only inside a kernel)
+
+        self._handle = display({"text/plain": ""}, raw=True, display_id=True)
+
+    def show(self, line: Any) -> None:
+        text = line(None)
+        bar = re.match(r"(Round +(\d+)/(\d+))(?: \[[=.]+\])?(.*)", text)
+        done, total = (bar.group(2), bar.group(3)) if bar else ("0", "1")
+        rich = (f'<progress value="{done}" max="{total}" style="width:12em"></progress> '
+                f"<code>{html.escape(bar.group(1) + bar.group(4) if bar else text)}</code>")
+        self._handle.update({"text/plain": text, "text/html": rich}, raw=True)
 
 
 # "2026-01-01 12:00:00.123456: I tensorflow/core/...] message" (TensorFlow's native
-# logger) and "I0101 12:00:00.123456 1234 file.cc:12] message" (absl / gRPC).
+# logger) and "I0101 12:00:00.123456 1234 file.cc:12] message" (absl / gRPC; TF 2.21
+# writes "I0000 00:00:1796650656.595701 ...", seconds since 1970 in the seconds' place).
 _NATIVE_LOG_LINE = re.compile(
     rb"^(?:\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d+: ([IWEF]) \S+:\d+\]"
-    rb"|([IWEF])\d{4} \d\d:\d\d:\d\d\.\d+ +\d+ \S+:\d+\])"
+    rb"|([IWEF])\d{4} \d\d:\d\d:\d+\.\d+ +\d+ \S+:\d+\])"
 )
 _SEVERITY = {b"I": 0, b"W": 1, b"E": 2, b"F": 3}
 
@@ -153,32 +348,17 @@ def _min_native_level() -> int:
 
 @contextlib.contextmanager
 def _native_logs_filtered() -> Iterator[None]:
-    """Sends file descriptor 2 to a temporary file for the block, then writes back
-    every line except native log lines below the minimum level."""
+    """Drops native log lines below the minimum level (and TensorFlow's start-up
+    lines, e.g. a late "failed call to cuInit") from file descriptor 2."""
     threshold = _min_native_level()
-    try:
-        sys.stderr.flush()
-        saved = os.dup(2)
-    except (OSError, ValueError, AttributeError):  # no usable stderr: nothing to filter
+    startup = not user_sets_log_level()
+    if threshold <= 0 and not startup:
         yield
         return
-    if threshold <= 0:
-        os.close(saved)
+    with filtered_stderr(
+        lambda line: _below(line, threshold) or (startup and is_startup_noise(line))
+    ):
         yield
-        return
-    with tempfile.TemporaryFile() as capture:
-        os.dup2(capture.fileno(), 2)
-        try:
-            yield
-        finally:
-            with contextlib.suppress(Exception):
-                sys.stderr.flush()
-            os.dup2(saved, 2)
-            os.close(saved)
-            capture.seek(0)
-            kept = [line for line in capture if not _below(line, threshold)]
-            if kept:
-                os.write(2, b"".join(kept))
 
 
 def _below(line: bytes, threshold: int) -> bool:

@@ -35,13 +35,10 @@ import math
 import numbers
 from typing import Any, ClassVar, Union
 
-
-class ServerOptimizerError(ValueError):
-    """Unknown server optimizer name, or a hyper-parameter out of range."""
-
-
-class ServerOptimizerTypeError(TypeError):
-    """The server optimizer (or a hyper-parameter) has the wrong type."""
+from kerasfed.errors import (  # noqa: F401  (defined with the family)
+    ServerOptimizerError,
+    ServerOptimizerTypeError,
+)
 
 
 class ServerOptimizer(abc.ABC):
@@ -78,8 +75,6 @@ class ServerOptimizer(abc.ABC):
             self._require(field, 0.0 <= getattr(self, field) < 1.0, "in [0, 1)")
 
 
-
-
 @dataclasses.dataclass(frozen=True)
 class ServerSGD(ServerOptimizer):
     """Server SGD: FedAvg (``momentum=0``, default) or FedAvgM (``momentum > 0``).
@@ -96,7 +91,6 @@ class ServerSGD(ServerOptimizer):
 
     def _validate(self) -> None:
         self._require("momentum", 0.0 <= self.momentum < 1.0, "in [0, 1)")
-
 
 
 @dataclasses.dataclass(frozen=True)
@@ -122,7 +116,6 @@ class ServerAdam(ServerOptimizer):
     def _validate(self) -> None:
         self._check_betas()
         self._require("epsilon", self.epsilon > 0.0, "> 0")
-
 
 
 @dataclasses.dataclass(frozen=True)
@@ -152,7 +145,6 @@ class ServerYogi(ServerOptimizer):
         self._require("initial_accumulator_value", self.initial_accumulator_value >= 0.0, ">= 0")
 
 
-
 @dataclasses.dataclass(frozen=True)
 class ServerAdagrad(ServerOptimizer):
     """FedAdagrad (Reddi et al. 2021), as TFF's Adagrad computes it.
@@ -180,7 +172,6 @@ class ServerAdagrad(ServerOptimizer):
                 "both are 0, so a coordinate that never changes divides 0 by 0. "
                 "Keep the default epsilon=1e-6."
             )
-
 
 
 _REGISTRY: dict[str, type[ServerOptimizer]] = {

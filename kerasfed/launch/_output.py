@@ -12,14 +12,24 @@ the launcher's terminal (worker 0 by default, every worker with ``--all-bars``),
 other lines printed around it; any other worker's bar shows once, in its final
 state, when it ends. Without a terminal no bar is live, so a log file gets one
 line per finished bar instead of every redraw.
+
+TensorFlow's C++ start-up lines (``kerasfed._tf_startup``) are dropped when the
+user has not set ``TF_CPP_MIN_LOG_LEVEL``: TF 2.21 writes them before it reads its
+level, so the launcher, which reads every line anyway, is the one place to drop them.
+A live worker learns its columns (less the prefix) from ``KERASFED_TERMINAL_COLUMNS``,
+so that its bar fits the launcher's terminal.
 """
 
 from __future__ import annotations
 
 import io
+import shutil
 import signal
 import threading
 from typing import BinaryIO, TextIO
+
+from kerasfed._console import TERMINAL_COLUMNS_VAR
+from kerasfed._tf_startup import is_startup_noise
 
 # Signals the launcher handles itself (see _signals.py). Helper threads block them
 # so that their own system calls are never interrupted by one.
@@ -39,10 +49,13 @@ class PrefixedOutput:
     Args:
         stdout: Where workers' stdout lines go (a binary or text stream).
         stderr: Where workers' stderr lines and the launcher's messages go.
+        live_bars: Whose bars are redrawn in place on a terminal: ``"chief"``,
+            ``"all"`` or ``"none"``.
+        drop_startup_noise: Leave out TensorFlow's C++ start-up lines.
     """
 
     def __init__(self, stdout: BinaryIO | TextIO, stderr: BinaryIO | TextIO,
-                 live_bars: str = "chief") -> None:
+                 live_bars: str = "chief", *, drop_startup_noise: bool = False) -> None:
         self._lock = threading.Lock()
         self._sinks = {"stdout": _binary(stdout), "stderr": _binary(stderr)}
         self._broken: set[str] = set()
@@ -50,12 +63,21 @@ class PrefixedOutput:
                           for name, stream in (("stdout", stdout), ("stderr", stderr))}
         self._live_bars = live_bars
         self._open_bar: dict[str, bytes] = {}  # stream -> the bar drawn without newline
+        self.drop_startup_noise = drop_startup_noise
 
     def is_live(self, stream: str, label: str) -> bool:
         """Whether ``label``'s bars on ``stream`` are redrawn in place."""
         if not self._terminal.get(stream):
             return False
         return self._live_bars == "all" or (self._live_bars == "chief" and label == "0")
+
+    def worker_env(self, label: str) -> dict[str, str]:
+        """What worker ``label`` must know about where its stdout ends up: for a live
+        worker, the columns its lines may take (the terminal's, less ``"[label] "``)."""
+        if not self.is_live("stdout", label):
+            return {}
+        columns = shutil.get_terminal_size((80, 24)).columns - len(f"[{label}] ")
+        return {TERMINAL_COLUMNS_VAR: str(max(columns, 20))}
 
     def write_line(self, stream: str, line: bytes, *, closes_bar: bool = False) -> None:
         """Writes one whole line (ending with a newline) to ``stream`` and flushes.
@@ -158,6 +180,8 @@ class _Lines:
             self._output.draw_bar(self._stream, self._prefix + text)
 
     def _line(self, text: bytes) -> None:
+        if self._output.drop_startup_noise and is_startup_noise(text):
+            return
         self._output.write_line(self._stream, self._prefix + text + b"\n",
                                 closes_bar=self._live and bool(self._bar))
         self._bar = b""

@@ -19,6 +19,8 @@ import socket
 import sys
 from typing import Literal, Mapping, Sequence
 
+from kerasfed._arguments import checked_call
+from kerasfed._tf_startup import LOG_LEVEL_VAR, QUIET_LOG_LEVEL
 from kerasfed.distributed.tf_config import (
     TF_CONFIG_VAR,
     ClusterConfig,
@@ -27,6 +29,7 @@ from kerasfed.distributed.tf_config import (
     check_addresses,
     read_tf_config,
 )
+from kerasfed.errors import LaunchArgumentError  # noqa: F401  (defined with the family)
 from kerasfed.launch._process_group import WorkerSpec
 
 RANK_VAR = "KERASFED_RANK"
@@ -34,10 +37,6 @@ NUM_WORKERS_VAR = "KERASFED_NUM_WORKERS"
 RESTART_COUNT_VAR = "KERASFED_RESTART_COUNT"
 
 DEFAULT_GRACE_PERIOD_S = 5.0
-
-
-class LaunchArgumentError(ValueError):
-    """The arguments of ``kerasfed launch`` are invalid or contradict each other."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -90,6 +89,9 @@ class LaunchPlan:
         """
         base = dict(os.environ if environ is None else environ)
         base.update(PYTHONUNBUFFERED="1", **{RESTART_COUNT_VAR: str(restart_count)})
+        # TensorFlow's C++ INFO and WARNING lines off, unless the user chose a level;
+        # the lines TF writes before reading it are dropped by the output relay.
+        base.setdefault(LOG_LEVEL_VAR, QUIET_LOG_LEVEL)
         if self.mode == "keep":
             config: ClusterConfig = self.kept_config  # type: ignore[assignment]
             env = dict(base, **{NUM_WORKERS_VAR: str(config.num_workers)})
@@ -147,6 +149,7 @@ def pick_free_ports(count: int, host: str = "127.0.0.1") -> list[int]:
             s.close()
 
 
+@checked_call()
 def make_plan(
     script: str,
     script_args: Sequence[str] = (),

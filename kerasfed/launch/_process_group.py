@@ -163,7 +163,7 @@ class ProcessGroup:
             try:
                 proc = subprocess.Popen(
                     _with_death_signal(spec.argv),
-                    env=dict(spec.env),
+                    env={**spec.env, **self._output.worker_env(spec.label)},
                     # N processes cannot share one terminal's input sensibly.
                     stdin=subprocess.DEVNULL,
                     stdout=subprocess.PIPE,

@@ -11,6 +11,7 @@ import queue
 import signal
 import sys
 
+from kerasfed._tf_startup import user_sets_log_level
 from kerasfed.launch._output import PrefixedOutput
 from kerasfed.launch._plan import LaunchPlan
 from kerasfed.launch._process_group import Event, ProcessGroup, describe_exit
@@ -37,7 +38,9 @@ def run(plan: LaunchPlan, output: PrefixedOutput | None = None, *, live_bars: st
         >>> plan = make_plan("train.py", ["--epochs", "3"], workers=2)  # doctest: +SKIP
         >>> exit_code = run(plan)                                      # doctest: +SKIP
     """
-    output = output or PrefixedOutput(sys.stdout, sys.stderr, live_bars=live_bars)
+    output = output or PrefixedOutput(
+        sys.stdout, sys.stderr, live_bars=live_bars, drop_startup_noise=not user_sets_log_level()
+    )
     events: queue.SimpleQueue[Event] = queue.SimpleQueue()
     # A signal that arrives between two attempts waits in the queue for the next
     # wait(), so none is lost.

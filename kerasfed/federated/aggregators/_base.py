@@ -21,16 +21,13 @@ from typing import Any, ClassVar
 
 import numpy as np
 
+from kerasfed.errors import (  # noqa: F401  (defined with the family)
+    AggregatorError,
+    AggregatorTypeError,
+)
+
 # Aggregator state: named arrays, kept between rounds and in checkpoints.
 State = dict[str, np.ndarray]
-
-
-class AggregatorError(ValueError):
-    """Unknown aggregator name, a bad setting, or a chain that cannot work."""
-
-
-class AggregatorTypeError(TypeError):
-    """An aggregator or one of its settings has the wrong type."""
 
 
 @dataclasses.dataclass(frozen=True)

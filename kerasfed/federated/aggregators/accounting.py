@@ -11,15 +11,26 @@ count alone.
 from __future__ import annotations
 
 import logging
+from types import ModuleType
+from typing import TYPE_CHECKING
 
-import dp_accounting
-
+from kerasfed._compat import import_optional
 from kerasfed.federated.aggregators._base import AggregatorError
+
+if TYPE_CHECKING:
+    import dp_accounting
+
+
+def _dp_accounting() -> ModuleType:
+    # Imported when DP accounting is asked for, not with fit_federated: dp-accounting is
+    # optional (the `tensorflow` extra brings it; an installed TensorFlow may lack it).
+    return import_optional("dp_accounting", needed_for="DPMean's privacy accounting (epsilon)")
 
 
 def round_event(noise_multiplier: float, *, sampling: str, num_clients: int,
                 clients_per_round: int) -> tuple[dp_accounting.DpEvent, object]:
     """(one round's DpEvent, its neighbouring relation)."""
+    dp_accounting = _dp_accounting()
     gaussian = dp_accounting.GaussianDpEvent(noise_multiplier)
     relation = dp_accounting.NeighboringRelation
     if sampling == "poisson":
@@ -31,6 +42,7 @@ def round_event(noise_multiplier: float, *, sampling: str, num_clients: int,
 
 
 def make_accountant(name: str, relation: object) -> dp_accounting.PrivacyAccountant:
+    dp_accounting = _dp_accounting()
     if name == "pld":
         return dp_accounting.pld.PLDAccountant(neighboring_relation=relation)
     return dp_accounting.rdp.RdpAccountant(neighboring_relation=relation)
@@ -56,6 +68,7 @@ def epsilon(noise_multiplier: float, rounds: int, *, delta: float, sampling: str
     event, relation = round_event(noise_multiplier, sampling=sampling,
                                   num_clients=num_clients, clients_per_round=clients_per_round)
     account = make_accountant(accountant, relation)
+    dp_accounting = _dp_accounting()
     absl = logging.getLogger("absl")
     level = absl.level
     absl.setLevel(logging.ERROR)  # dp-accounting 0.5 warns about orders it skips

@@ -11,13 +11,10 @@ from __future__ import annotations
 import abc
 from typing import Any, ClassVar
 
-
-class AlgorithmError(ValueError):
-    """Unknown algorithm name, or a bad hyper-parameter."""
-
-
-class AlgorithmTypeError(TypeError):
-    """An algorithm or hyper-parameter has the wrong type."""
+from kerasfed.errors import (  # noqa: F401  (defined with the family)
+    AlgorithmError,
+    AlgorithmTypeError,
+)
 
 
 class Algorithm(abc.ABC):

@@ -1,4 +1,8 @@
-"""The :class:`ClientData` mapping: clients' ``(x, y)`` numpy arrays.
+"""The :class:`ClientData` mapping: clients' ``(x, y)`` or ``(x, y, sample_weight)`` arrays.
+
+``x`` and ``y`` are each one numpy array or a dict/list/tuple of them (models
+with several inputs or outputs, see ``structure.py``); ``sample_weight`` is one
+float array of one weight per example.
 
 Every input kind is materialised to numpy once (see :func:`as_client_data`),
 except clients on disk (``ClientData.from_directory`` / ``from_sqlite``), which
@@ -16,43 +20,20 @@ from typing import Any
 import numpy as np
 import tensorflow as tf
 
-from kerasfed.federated.clients import validation
+from kerasfed.errors import ArgumentError
+from kerasfed.federated.clients import structure, validation
+from kerasfed.federated.clients.validation import client_name
 from kerasfed.federated.clients.arguments import ArrayLike, Seed, check_int, check_seed
 from kerasfed.federated.clients.errors import ClientDataError, ClientDataTypeError
 from kerasfed.federated.clients.pipelines import batches_in_order, warn_seed_without_shuffle
 from kerasfed.federated.clients.sampling import epoch_orders, per_client_seed
 
-_NUMERIC_KINDS = "biuf"  # bool, signed, unsigned, float
-
-
-def _readonly_array(cid: str, what: str, value: ArrayLike) -> np.ndarray:
-    """Converts one client's features or labels to a read-only numpy array."""
-    try:
-        array = np.asarray(value)
-    except (ValueError, TypeError) as e:
-        raise ClientDataError(
-            f"Client {cid!r}: its {what} cannot be converted to one numpy array "
-            f"({e}). Every client's {what} must be one rectangular numeric array."
-        ) from None
-    if array.dtype.kind not in _NUMERIC_KINDS:
-        raise ClientDataError(
-            f"Client {cid!r}: its {what} have dtype {array.dtype}, which is not numeric. "
-            f"Expected bool, integer or float arrays; encode strings or ragged data "
-            f"as fixed-shape numbers first."
-        )
-    if array.ndim == 0:
-        raise ClientDataError(
-            f"Client {cid!r}: its {what} are a scalar; expected an array whose first "
-            f"dimension indexes the client's examples."
-        )
-    # A read-only view: the ClientData stays immutable without copying the data.
-    array = array.view()
-    array.flags.writeable = False
-    return array
-
-
 class ClientData(collections.abc.Mapping):
-    """An immutable mapping ``client_id -> (x, y)`` of numpy arrays.
+    """An immutable mapping ``client_id -> (x, y)`` or ``(x, y, sample_weight)``.
+
+    ``x`` and ``y`` are numpy arrays, or dicts/lists/tuples of them for models with
+    several inputs or outputs; ``sample_weight`` (optional) has one float weight per
+    example. Either every client has sample weights or none has.
 
     Iterating yields the client ids in their given order. ``x`` and ``y`` are
     read-only views (not copies) of the arrays passed in. Per-client structure
@@ -90,20 +71,13 @@ class ClientData(collections.abc.Mapping):
                     f"Client ids must be str. Received: {cid!r} of type "
                     f"{type(cid).__name__}. kerasfed.as_client_data converts ids with str()."
                 )
-            if not (isinstance(pair, (tuple, list)) and len(pair) == 2):
-                raise ClientDataTypeError(
-                    f"Client {cid!r}: expected an (x, y) pair of arrays. Received: "
-                    f"{type(pair).__name__}. Use kerasfed.as_client_data for datasets "
-                    f"or dicts of arrays."
-                )
-            x = _readonly_array(cid, "features", pair[0])
-            y = _readonly_array(cid, "labels", pair[1])
-            if len(x) != len(y):
-                raise ClientDataError(
-                    f"Client {cid!r} has {len(x)} feature rows but {len(y)} labels. "
-                    f"x and y must have the same first dimension."
-                )
-            data[cid] = (x, y)
+            data[cid] = _entry(cid, pair)
+        weighted = {len(entry) == 3 for entry in data.values()}
+        if len(weighted) > 1:
+            raise ClientDataError(
+                "Some clients have sample weights (x, y, sample_weight) and others do not "
+                "(x, y). Give every client sample weights (ones where none are meant), or none."
+            )
         self._data = data
         self._ids = list(data)
 
@@ -143,7 +117,7 @@ class ClientData(collections.abc.Mapping):
         return not isinstance(self._data, dict)
 
     # -- Mapping -----------------------------------------------------------------
-    def __getitem__(self, cid: str) -> tuple[np.ndarray, np.ndarray]:
+    def __getitem__(self, cid: str) -> tuple:
         try:
             return self._data[cid]
         except (KeyError, TypeError):
@@ -168,10 +142,11 @@ class ClientData(collections.abc.Mapping):
 
     def __repr__(self) -> str:
         total = sum(self.num_examples(cid) for cid in self._ids)
+        weights = ", with sample weights" if self.has_sample_weights else ""
         return (
             f"ClientData({len(self)} clients, {total} examples, "
             f"x: {self.feature_shape} {self.feature_dtype}, "
-            f"y: {self.label_shape} {self.label_dtype})"
+            f"y: {self.label_shape} {self.label_dtype}{weights})"
         )
 
     # -- Structure ---------------------------------------------------------------
@@ -185,43 +160,76 @@ class ClientData(collections.abc.Mapping):
         counter = getattr(self._data, "num_examples", None)
         if counter is not None and cid in self._data:
             return counter(cid)
-        return len(self[cid][0])
+        return structure.num_rows(self[cid][0])
 
     @property
-    def feature_shape(self) -> tuple[int, ...]:
-        """The shape of one example's features (first client's; see :meth:`validate`)."""
+    def _first(self) -> tuple:
+        return self._data[self._ids[0]]
+
+    @property
+    def structured(self) -> bool:
+        """Whether ``x`` or ``y`` is a dict/list/tuple of arrays rather than one array."""
+        if self.on_disk:
+            return False
+        x, y = self._first[:2]
+        return structure.is_structured(x) or structure.is_structured(y)
+
+    @property
+    def has_sample_weights(self) -> bool:
+        """Whether the clients are ``(x, y, sample_weight)``."""
+        return not self.on_disk and len(self._first) == 3
+
+    @property
+    def has_strings(self) -> bool:
+        """Whether some features or labels are strings."""
+        return not self.on_disk and structure.has_strings(self._first[:2])
+
+    @property
+    def feature_shape(self) -> Any:
+        """The shape of one example's features (first client's; see :meth:`validate`);
+        a structure of shapes for structured features."""
         if self.on_disk:
             return self._data.spec[0]
-        return self._data[self._ids[0]][0].shape[1:]
+        return structure.map_leaves(lambda a: a.shape[1:], self._first[0])
 
     @property
-    def feature_dtype(self) -> np.dtype:
-        """The features' numpy dtype (first client's)."""
+    def feature_dtype(self) -> Any:
+        """The features' numpy dtype (first client's; ``object`` for strings)."""
         if self.on_disk:
             return self._data.spec[1]
-        return self._data[self._ids[0]][0].dtype
+        return structure.map_leaves(lambda a: a.dtype, self._first[0])
 
     @property
-    def label_shape(self) -> tuple[int, ...]:
+    def label_shape(self) -> Any:
         """The shape of one example's label (first client's): ``()`` for sparse labels."""
         if self.on_disk:
             return self._data.spec[2]
-        return self._data[self._ids[0]][1].shape[1:]
+        return structure.map_leaves(lambda a: a.shape[1:], self._first[1])
 
     @property
-    def label_dtype(self) -> np.dtype:
+    def label_dtype(self) -> Any:
         """The labels' numpy dtype (first client's)."""
         if self.on_disk:
             return self._data.spec[3]
-        return self._data[self._ids[0]][1].dtype
+        return structure.map_leaves(lambda a: a.dtype, self._first[1])
 
     @property
-    def element_spec(self) -> tuple[tf.TensorSpec, tf.TensorSpec]:
-        """The ``(x, y)`` spec of the batches :meth:`dataset` yields (batch dim None)."""
-        return (
-            tf.TensorSpec((None, *self.feature_shape), tf.as_dtype(self.feature_dtype)),
-            tf.TensorSpec((None, *self.label_shape), tf.as_dtype(self.label_dtype)),
-        )
+    def element_spec(self) -> tuple:
+        """The ``(x, y)`` spec of the batches :meth:`dataset` yields (batch dim None);
+        ``(x, y, sample_weight)`` for clients with sample weights."""
+        if self.on_disk:
+            return (
+                tf.TensorSpec((None, *self.feature_shape), tf.as_dtype(self.feature_dtype)),
+                tf.TensorSpec((None, *self.label_shape), tf.as_dtype(self.label_dtype)),
+            )
+        return tuple(structure.specs(part) for part in self._first)
+
+    def map_labels(self, fn: Any) -> ClientData:
+        """A ClientData whose labels are ``fn(y)`` (arrays not copied)."""
+        if self.on_disk:
+            return self
+        return ClientData({cid: (entry[0], fn(entry[1]), *entry[2:])
+                           for cid, entry in self._data.items()})
 
     # -- Pipelines ---------------------------------------------------------------
     def dataset(
@@ -256,16 +264,17 @@ class ClientData(collections.abc.Mapping):
 
         Raises:
             KeyError: unknown ``cid``.
-            ValueError, TypeError: bad ``batch_size``, ``epochs`` or ``shuffle_seed``.
+            ArgumentError, ArgumentTypeError: bad ``batch_size``, ``epochs`` or ``shuffle_seed``.
         """
-        x, y = self[cid]
+        entry = self[cid]
         batch_size = check_int("batch_size", batch_size, 1)
         epochs = check_int("epochs", epochs, 1)
         warn_seed_without_shuffle(shuffle, shuffle_seed)
         if shuffle:  # checked here so that the error names `shuffle_seed`
             check_seed("shuffle_seed", shuffle_seed)
-        order = epoch_orders(len(x), epochs=epochs, shuffle=shuffle, seed=shuffle_seed)
-        return batches_in_order(x, y, order, batch_size)
+        order = epoch_orders(structure.num_rows(entry[0]), epochs=epochs, shuffle=shuffle,
+                             seed=shuffle_seed)
+        return batches_in_order(*entry[:2], order, batch_size, *entry[2:])
 
     def datasets(
         self,
@@ -303,7 +312,7 @@ class ClientData(collections.abc.Mapping):
         """A ClientData with only ``cids``, in that order (data not copied)."""
         cids = list(cids)
         if len(set(cids)) != len(cids):
-            raise ValueError(f"`cids` contains duplicates: {cids!r}.")
+            raise ArgumentError(f"`cids` contains duplicates: {cids!r}.")
         if self.on_disk:
             for cid in cids:
                 if cid not in self._data:
@@ -330,7 +339,8 @@ class ClientData(collections.abc.Mapping):
 
     # -- Checks ------------------------------------------------------------------
     def validate(
-        self, *, num_classes: int | None = None, sparse_labels: bool | None = None
+        self, *, num_classes: int | None = None, sparse_labels: bool | None = None,
+        label_rules: Any = None,
     ) -> None:
         """Checks that every client can be trained on; raises naming the client.
 
@@ -348,9 +358,39 @@ class ClientData(collections.abc.Mapping):
                 labels of shape ``(n, num_classes)``, None (default) to infer from
                 the labels' shape when ``num_classes`` is given. For 0/1 labels
                 and one sigmoid output unit pass ``num_classes=2``.
+            label_rules: For labels that are a structure (several outputs): a
+                sequence of ``(output_name, num_classes, sparse_labels)``, one per
+                leaf of ``y`` in ``tf.nest`` order; replaces the two above.
 
         Raises:
             ClientDataError: the first problem found, naming the client.
-            ValueError, TypeError: bad ``num_classes`` or ``sparse_labels``.
+            ArgumentError, ArgumentTypeError: bad ``num_classes`` or ``sparse_labels``.
         """
-        validation.validate(self._data, num_classes=num_classes, sparse_labels=sparse_labels)
+        validation.validate(self._data, num_classes=num_classes, sparse_labels=sparse_labels,
+                            label_rules=label_rules)
+
+
+def _entry(cid: str, value: Any) -> tuple:
+    """One client's ``(x, y)`` or ``(x, y, sample_weight)`` as read-only arrays."""
+    if not (isinstance(value, (tuple, list)) and len(value) in (2, 3)):
+        raise ClientDataTypeError(
+            f"Client {cid!r}: expected an (x, y) pair of arrays. Received: "
+            f"{type(value).__name__}"
+            + (f" of length {len(value)}" if isinstance(value, (tuple, list)) else "")
+            + ". Pass (x, y) or (x, y, sample_weight); use kerasfed.as_client_data for "
+            "datasets or dicts of arrays."
+        )
+    x = structure.readonly_leaves(cid, "features", value[0])
+    y = structure.readonly_leaves(cid, "labels", value[1])
+    entry: tuple = (x, y)
+    if len(value) == 3 and value[2] is not None:
+        w = structure.readonly_array(cid, "sample weights", value[2])
+        if w.ndim != 1 or w.dtype.kind not in "biuf":
+            raise ClientDataError(
+                f"Client {cid!r}: its sample weights have shape {w.shape} and dtype "
+                f"{w.dtype}; expected one number per example, shape ({len(w)},).")
+        if w.dtype != np.float32:
+            w = structure.readonly_array(cid, "sample weights", w.astype(np.float32))
+        entry = (x, y, w)
+    structure.check_rows(cid, entry)
+    return entry

@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 import tensorflow as tf
 
+from kerasfed.errors import ArgumentError
 from kerasfed.federated.clients.container import ClientData
 from kerasfed.federated.clients.errors import ClientDataError, ClientDataTypeError
 
@@ -29,8 +30,10 @@ KNOWN_KEY_PAIRS: tuple[tuple[str, str], ...] = (
 _MATERIALISE_CHUNK = 4096
 
 _ACCEPTED = (
-    "a dict {client_id: (x, y)} of numpy arrays (or array-likes), "
-    "a dict {client_id: tf.data.Dataset} whose elements are (x, y) or {'x': ..., 'y': ...}, "
+    "a dict {client_id: (x, y)} or {client_id: (x, y, sample_weight)} of numpy arrays "
+    "(x and y may be dicts or lists of arrays), "
+    "a dict {client_id: tf.data.Dataset} whose elements are (x, y), (x, y, sample_weight) "
+    "or {'x': ..., 'y': ...}, "
     "a kerasfed.ClientData, a tff.simulation.datasets.ClientData, or a path (a directory "
     "written by kerasfed.write_client_data, or a TFF .sqlite client-data file)"
 )
@@ -85,7 +88,7 @@ def as_client_data(
         ['a']
     """
     if (feature_key is None) != (label_key is None):
-        raise ValueError(
+        raise ArgumentError(
             f"Pass both `feature_key` and `label_key`, or neither. Received: "
             f"feature_key={feature_key!r}, label_key={label_key!r}."
         )
@@ -114,8 +117,22 @@ def as_client_data(
         )
     if not isinstance(clients, collections.abc.Mapping):
         hint = ""
-        if isinstance(clients, (tuple, list)) and len(clients) == 2:
-            hint = " To split one (x, y) dataset into clients use kerasfed.partition(x, y, num_clients)."
+        if isinstance(clients, (tuple, list)) and clients and all(
+            isinstance(c, tf.data.Dataset) or (isinstance(c, (tuple, list)) and len(c) in (2, 3))
+            for c in clients
+        ):
+            kinds = "datasets" if isinstance(clients[0], tf.data.Dataset) else "(x, y) pairs"
+            hint = (
+                f" `{what}` is a {type(clients).__name__} of {len(clients)} {kinds}; kerasfed "
+                f"needs each client's id: pass a dict {{client_id: data}}, e.g. "
+                f"{{f'client_{{i}}': c for i, c in enumerate({what})}}. To split one (x, y) "
+                f"dataset into clients use kerasfed.partition(x, y, num_clients=...)."
+            )
+        elif (isinstance(clients, (tuple, list)) and len(clients) == 2) or hasattr(clients, "shape"):
+            hint = (
+                " To split one (x, y) dataset into clients use "
+                "kerasfed.partition(x, y, num_clients=...)."
+            )
         elif isinstance(clients, tf.data.Dataset):
             hint = " A single dataset is one client: pass {'client_0': dataset}."
         raise ClientDataTypeError(
@@ -149,12 +166,12 @@ def _pair_selector(
 ) -> Callable[[Any], tuple[Any, Any]]:
     """How to get ``(x, y)`` from examples shaped like ``structure``."""
     if isinstance(structure, (tuple, list)):
-        if len(structure) != 2:
+        if len(structure) not in (2, 3):
             raise ClientDataError(
-                f"Client {cid!r}: expected (x, y) pairs, got a {type(structure).__name__} "
-                f"of length {len(structure)}."
+                f"Client {cid!r}: expected (x, y) pairs or (x, y, sample_weight) triples, "
+                f"got a {type(structure).__name__} of length {len(structure)}."
             )
-        return lambda s: (s[0], s[1])
+        return lambda s: tuple(s)
     if isinstance(structure, collections.abc.Mapping):
         found = list(structure)
         candidates = [keys] if keys is not None else KNOWN_KEY_PAIRS
@@ -179,41 +196,40 @@ def _pair_selector(
 
 def _from_dataset(
     cid: str, ds: tf.data.Dataset, keys: tuple[str, str] | None
-) -> tuple[np.ndarray, np.ndarray]:
-    """Materialises one client's dataset to ``(x, y)`` numpy arrays."""
+) -> tuple:
+    """Materialises one client's dataset to ``(x, y)`` (or ``(x, y, w)``) numpy arrays;
+    ``x`` and ``y`` may be dicts or tuples of arrays."""
     select = _pair_selector(cid, ds.element_spec, keys)
-    x_spec, y_spec = select(ds.element_spec)
-    for what, spec in (("features", x_spec), ("labels", y_spec)):
-        if not isinstance(spec, tf.TensorSpec):
-            raise ClientDataError(
-                f"Client {cid!r}: its dataset's {what} are {type(spec).__name__} "
-                f"({spec}); kerasfed needs one dense tensor each for features and labels."
-            )
-    batched = (
-        x_spec.shape.rank is not None
-        and y_spec.shape.rank is not None
-        and x_spec.shape.rank >= 1
-        and y_spec.shape.rank >= 1
-        and x_spec.shape[0] is None
-        and y_spec.shape[0] is None
+    specs = select(ds.element_spec)
+    names = ("features", "labels", "sample weights")
+    for what, part in zip(names, specs):
+        for spec in tf.nest.flatten(part):
+            if not isinstance(spec, tf.TensorSpec):
+                raise ClientDataError(
+                    f"Client {cid!r}: its dataset's {what} are {type(spec).__name__} "
+                    f"({spec}); kerasfed needs dense tensors (one per model input or output)."
+                )
+    flat_specs = tf.nest.flatten(specs)
+    batched = all(
+        spec.shape.rank is not None and spec.shape.rank >= 1 and spec.shape[0] is None
+        for spec in flat_specs
     )
     if not batched:
         ds = ds.batch(_MATERIALISE_CHUNK)
-    xs, ys = [], []
+    parts = []
     try:
         for element in ds.as_numpy_iterator():
-            x, y = select(element)
-            xs.append(x)
-            ys.append(y)
-        if not xs:  # an empty client: keep its declared shape for validate()
+            parts.append(select(element))
+        if not parts:  # an empty client: keep its declared shape for validate()
             inner = 1 if batched else 0
 
             def empty(spec: tf.TensorSpec) -> np.ndarray:
                 dims = [d or 0 for d in spec.shape.as_list()[inner:]] if spec.shape.rank else []
-                return np.zeros([0, *dims], spec.dtype.as_numpy_dtype)
+                dtype = object if spec.dtype == tf.string else spec.dtype.as_numpy_dtype
+                return np.zeros([0, *dims], dtype)
 
-            return empty(x_spec), empty(y_spec)
-        return np.concatenate(xs), np.concatenate(ys)
+            return tf.nest.map_structure(empty, specs)
+        return tf.nest.map_structure(lambda *chunks: np.concatenate(chunks), *parts)
     except (tf.errors.InvalidArgumentError, ValueError) as e:
         raise ClientDataError(
             f"Client {cid!r}: its dataset's examples do not have one fixed shape "

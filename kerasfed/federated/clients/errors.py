@@ -1,11 +1,9 @@
-"""The errors raised for clients' data that kerasfed cannot use."""
+"""The errors raised for clients' data that kerasfed cannot use.
+
+They are ``kerasfed.errors.DataError`` and ``DataTypeError`` (the same kind of
+mistake as bad data given to ``fit_distributed``), under their older names.
+"""
 
 from __future__ import annotations
 
-
-class ClientDataError(ValueError):
-    """Clients' data cannot be used for training; the message names the client."""
-
-
-class ClientDataTypeError(TypeError):
-    """Clients' data was passed as a type kerasfed does not accept."""
+from kerasfed.errors import ClientDataError, ClientDataTypeError  # noqa: F401  (defined with the family)

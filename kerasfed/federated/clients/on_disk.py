@@ -108,6 +108,15 @@ def write_client_data(clients: Any, directory: str | os.PathLike, *, storage: st
             f"Received: storage={storage!r}."
         )
     data = as_client_data(clients)
+    if data.structured or data.has_sample_weights or data.has_strings:
+        what = ("sample weights" if data.has_sample_weights else
+                "string features or labels" if not data.structured else
+                "several arrays of features or labels (dicts, lists or tuples)")
+        raise ClientDataError(
+            f"write_client_data: these clients have {what}; clients on disk hold one "
+            f"numeric x array and one y array per client. Pass such clients to "
+            f"fit_federated in memory (a dict or a kerasfed.ClientData) instead."
+        )
     directory = os.fspath(directory)
     os.makedirs(directory, exist_ok=True)
     existing = os.listdir(directory)

@@ -11,6 +11,7 @@ from collections.abc import Iterable
 
 import numpy as np
 
+from kerasfed.errors import ArgumentError
 from kerasfed.federated.clients.arguments import Seed, check_int, check_seed
 
 
@@ -45,7 +46,7 @@ def sample_clients(
         The sampled client ids.
 
     Raises:
-        ValueError, TypeError: no clients, or a bad argument.
+        ArgumentError, ArgumentTypeError: no clients, or a bad argument.
 
     Example:
         >>> sample_clients(["a", "b", "c"], 2, round_num=0, seed=1)  # doctest: +SKIP
@@ -53,7 +54,7 @@ def sample_clients(
     """
     ids = list(client_ids)
     if not ids:
-        raise ValueError("`client_ids` is empty: there are no clients to sample from.")
+        raise ArgumentError("`client_ids` is empty: there are no clients to sample from.")
     round_num = check_int("round_num", round_num, 0)
     if seed is not None:
         seed = check_int("seed", seed, 0)
@@ -88,7 +89,7 @@ def client_shuffle_seed(seed: int, round_num: int, cid: str) -> list[int]:
         A seed for ``np.random.default_rng`` (and :func:`epoch_orders`).
 
     Raises:
-        ValueError, TypeError: a bad ``seed`` or ``round_num``.
+        ArgumentError, ArgumentTypeError: a bad ``seed`` or ``round_num``.
 
     Example:
         >>> client_shuffle_seed(7, 3, "a")
@@ -126,7 +127,7 @@ def epoch_orders(num_examples: int, *, epochs: int, shuffle: bool, seed: Seed) -
         An int64 array of shape ``(epochs, num_examples)``.
 
     Raises:
-        ValueError, TypeError: a bad ``num_examples``, ``epochs`` or ``seed``.
+        ArgumentError, ArgumentTypeError: a bad ``num_examples``, ``epochs`` or ``seed``.
 
     Example:
         >>> epoch_orders(3, epochs=2, shuffle=False, seed=None)

@@ -16,6 +16,7 @@ from __future__ import annotations
 from typing import Any
 
 from kerasfed._compat import FEDERATED_ENV_HINT, tff_available
+from kerasfed.errors import EngineError, EngineTypeError  # noqa: F401  (defined with the family)
 from kerasfed.federated.engines.base import (
     ClientRound,
     Engine,
@@ -25,14 +26,6 @@ from kerasfed.federated.engines.base import (
 )
 
 ENGINE_NAMES: tuple[str, ...] = ("auto", "tff", "native")
-
-
-class EngineError(ValueError):
-    """An unknown engine name, or the TFF engine where TFF is missing."""
-
-
-class EngineTypeError(TypeError):
-    """``engine`` is not a string."""
 
 
 def resolve_engine(name: Any) -> str:

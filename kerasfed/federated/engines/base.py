@@ -24,16 +24,19 @@ class ClientRound:
 
     Attributes:
       cid: The client id.
-      x, y: The client's examples.
+      x, y: The client's examples (numpy arrays; structures of them for models
+        with several inputs or outputs, ``y`` then a tuple in output order).
       order: ``(local_epochs, num_examples)`` example indices, one row per local
         epoch; each row is cut into consecutive batches of ``batch_size`` (the
         last one may be smaller), batches never spanning two epochs.
     """
 
     cid: str
-    x: np.ndarray
-    y: np.ndarray
+    x: Any
+    y: Any
     order: np.ndarray
+    #: One sample weight per example, or None.
+    w: np.ndarray | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -95,7 +98,9 @@ class EngineSetup:
       server_optimizer: A ``ServerOptimizer`` settings value.
       server_learning_rate: Its learning rate.
       batch_size: The clients' batch size.
-      element_spec: ``(x, y)`` ``tf.TensorSpec`` of a batch.
+      element_spec: ``(x, y)`` ``tf.TensorSpec`` of a batch (structures of them;
+        ``(x, y, sample_weight)`` for clients with sample weights).
+      layout: The model's ``OutputLayout`` (its outputs' order), or None.
       federated_evaluation: Whether ``evaluate`` will be called.
       max_parallel_clients: Clients trained at once (native engine), or None.
       largest_client: The number of examples of the largest client of the run
@@ -128,6 +133,7 @@ class EngineSetup:
     seed: int = 0
     expected_clients: int = 1
     replicas: Any = None
+    layout: Any = None
 
 
 class Engine(abc.ABC):

@@ -29,7 +29,7 @@ from typing import Any
 
 import tensorflow as tf
 
-from kerasfed.federated.engines.native.forward import match_rank
+from kerasfed.federated.output_parts import update_metrics
 
 
 class ClientWork:
@@ -62,14 +62,14 @@ class ClientWork:
         self.run = tf.function(body, jit_compile=jit_compile, reduce_retracing=True)
 
     # -- metrics ---------------------------------------------------------------------
-    def _update_metrics(self, y, pred, weight):
-        y = match_rank(y, pred)
-        for metric in self.metrics:
-            metric.update_state(y, pred, sample_weight=weight)
+    def _update_metrics(self, y, pred, weight, sw=None):
+        update_metrics(self.metrics, y, pred, weight, sw)
 
     # -- lockstep --------------------------------------------------------------------
-    def _lockstep(self, x, y, batches, counts, metric_mask, params, state, global_opt):
-        num = tf.shape(x)[0]
+    def _lockstep(self, x, y, w, batches, counts, metric_mask, params, state, global_opt):
+        # x and y may be structures (several inputs / outputs); w (sample weights,
+        # [C, rows]) may be None.
+        num = tf.shape(tf.nest.flatten(x)[0])[0]
         tile = lambda t: tf.repeat(tf.expand_dims(t, 0), num, axis=0)  # noqa: E731
         params0 = [tile(p) for p in params]
         state0 = [tile(s) for s in state]
@@ -78,36 +78,46 @@ class ClientWork:
 
         def gather(step):
             idx = batches[:, step]
-            xb = tf.gather(x, idx, batch_dims=1)
-            yb = tf.gather(y, idx, batch_dims=1)
+            take = lambda t: tf.gather(t, idx, batch_dims=1)  # noqa: E731
+            xb = tf.nest.map_structure(take, x)
+            yb = tf.nest.map_structure(take, y)
             mask = tf.sequence_mask(counts[:, step], tf.shape(idx)[1], dtype=tf.float32)
-            return xb, yb, mask
+            wb = None if w is None else take(w)
+            return xb, yb, mask, wb
+
+        def flat_one(t):
+            return tf.reshape(t, tf.concat([[-1], tf.shape(t)[2:]], 0))
 
         def flat(t):
-            return tf.reshape(t, tf.concat([[-1], tf.shape(t)[2:]], 0))
+            return None if t is None else tf.nest.map_structure(flat_one, t)
+
+        def batch_args(xb, yb, mask, wb):
+            return (xb, yb, mask) if wb is None else (xb, yb, mask, wb)
 
         steps = tf.shape(batches)[1]
         if self.kind in ("gradient", "mime"):
             def grad_one(args):
-                p, st, xb, yb, mask = args
+                p, st, *data = args
                 grads, new_st, loss_sum, elements, pred = self.forward.loss_and_grads(
-                    p, st, xb, yb, mask)
+                    p, st, *data)
+                mask = data[2]
                 count = tf.reduce_sum(mask)
                 return [g * count for g in grads], new_st, loss_sum / elements, pred
 
             acc = [tf.zeros_like(p) for p in params0]
             st, loss_sum, seen = state0, zeros, zeros
             for s in tf.range(steps):
-                xb, yb, mask = gather(s)
+                xb, yb, mask, wb = gather(s)
                 g, new_st, ls, pred = tf.vectorized_map(
-                    grad_one, (params0, st, xb, yb, mask), fallback_to_while_loop=False)
+                    grad_one, (params0, st, *batch_args(xb, yb, mask, wb)),
+                    fallback_to_while_loop=False)
                 active = counts[:, s] > 0
                 acc = [a + gi for a, gi in zip(acc, g)]
                 st = [tf.where(_bcast(active, n), n, o) for n, o in zip(new_st, st)]
                 if self.kind == "gradient":  # FedSGD's metrics: the batches at w_global
                     loss_sum += ls
                     self._update_metrics(flat(yb), flat(pred),
-                                         flat(mask * metric_mask[:, None]))
+                                         flat(mask * metric_mask[:, None]), flat(wb))
                 seen += counts[:, s]
             denom = tf.maximum(seen, 1.0)
             out["gradient"] = [a / _bcast(denom, a) for a in acc]
@@ -119,9 +129,9 @@ class ClientWork:
         rule, mu, mime = self.rule, self.mu, self.kind == "mime"
 
         def train_one(args):
-            p, st, opt, xb, yb, mask = args
+            p, st, opt, *data = args
             grads, new_st, loss_sum, elements, pred = self.forward.loss_and_grads(
-                p, st, xb, yb, mask)
+                p, st, *data)
             if mu:
                 grads = [g + mu * (w - w0) for g, w, w0 in zip(grads, p, params)]
             if mime:  # the frozen global state: the client's own is never advanced
@@ -135,30 +145,33 @@ class ClientWork:
         opt = tf.nest.map_structure(tile, rule.init(params)) if not mime else tf.zeros([num])
         loss_sum, seen = zeros, zeros
         for s in tf.range(steps):
-            xb, yb, mask = gather(s)
+            xb, yb, mask, wb = gather(s)
             new_p, new_st, new_opt, ls, pred = tf.vectorized_map(
-                train_one, (p, st, opt, xb, yb, mask), fallback_to_while_loop=False)
+                train_one, (p, st, opt, *batch_args(xb, yb, mask, wb)),
+                fallback_to_while_loop=False)
             active = counts[:, s] > 0
             p = [tf.where(_bcast(active, n), n, o) for n, o in zip(new_p, p)]
             st = [tf.where(_bcast(active, n), n, o) for n, o in zip(new_st, st)]
             opt = tf.nest.map_structure(lambda n, o: tf.where(_bcast(active, n), n, o), new_opt, opt)
             loss_sum += ls
             seen += counts[:, s]
-            self._update_metrics(flat(yb), flat(pred), flat(mask * metric_mask[:, None]))
+            self._update_metrics(flat(yb), flat(pred), flat(mask * metric_mask[:, None]),
+                                 flat(wb))
         out["delta"] = [a - tile(b) for a, b in zip(p, params)]
         out["state"] = st
         out["loss_sum"], out["examples"] = loss_sum, seen
         return out
 
     # -- sequential ------------------------------------------------------------------
-    def _sequential(self, x, y, batches, counts, metric_mask, params, state, global_opt):
+    def _sequential(self, x, y, w, batches, counts, metric_mask, params, state, global_opt):
         # `in_flight` clients train side by side in each loop iteration: their
         # loops share nothing, so TensorFlow runs them at the same time, one core
         # each (small convolutions use a second core poorly: measured 1.1x). The
         # metric updates, the only stateful ops, wait until a client is done.
         # The chunk's client count is static unless chunks of several sizes came
         # (Poisson rounds, replicas' shares): then the function is retraced for any.
-        num = x.shape[0] if x.shape[0] is not None else tf.shape(x)[0]
+        first_x = tf.nest.flatten(x)[0]
+        num = first_x.shape[0] if first_x.shape[0] is not None else tf.shape(first_x)[0]
         k = self.in_flight
         rule, mu, kind = self.rule, self.mu, self.kind
         arrays = lambda ref: [  # noqa: E731
@@ -171,38 +184,55 @@ class ClientWork:
 
         def one_client(c):
             n_steps = tf.reduce_sum(tf.cast(counts[c] > 0, tf.int32))
-            xc, yc = x[c], y[c]
+            xc = tf.nest.map_structure(lambda t: t[c], x)
+            yc = tf.nest.map_structure(lambda t: t[c], y)
+            wc = None if w is None else w[c]
             # Keras 3 keeps random layers' seed states among the non-trainable
             # state (integers): offset them per client, so that clients draw
             # different Dropout masks.
             start = [t + tf.cast(c, t.dtype) if t.dtype.is_integer else t for t in state]
             seen = tf.zeros((), tf.float32)
             loss_sum = tf.zeros((), tf.float32)
-            seen_ys = tf.TensorArray(y.dtype, size=0, dynamic_size=True, infer_shape=False,
-                                     element_shape=tf.TensorShape([None]).concatenate(y.shape[2:]))
-            seen_preds = tf.TensorArray(tf.float32, size=0, dynamic_size=True, infer_shape=False)
+            seen_ys = tf.nest.map_structure(lambda t: tf.TensorArray(
+                t.dtype, size=0, dynamic_size=True, infer_shape=False,
+                element_shape=tf.TensorShape([None]).concatenate(t.shape[2:])), y)
+            seen_preds = tf.nest.map_structure(lambda _: tf.TensorArray(
+                tf.float32, size=0, dynamic_size=True, infer_shape=False), y)
+            # () rather than None without sample weights: a loop variable needs a value.
+            seen_ws = () if w is None else tf.TensorArray(
+                tf.float32, size=0, dynamic_size=True, infer_shape=False, element_shape=[None])
             out = {"pred_shape": pred_shape}
 
             def batch(s):
                 n = tf.cast(counts[c, s], tf.int32)
                 idx = batches[c, s, :n]
-                return tf.gather(xc, idx), tf.gather(yc, idx), tf.ones([n], tf.float32)
+                take = lambda t: tf.gather(t, idx)  # noqa: E731
+                data = (tf.nest.map_structure(take, xc), tf.nest.map_structure(take, yc),
+                        tf.ones([n], tf.float32))
+                return data if wc is None else (*data, take(wc))
+
+            def record(s, data, pred):
+                # The client's labels and predictions, for its metrics once it is done.
+                ys = tf.nest.map_structure(lambda ta, t: ta.write(s, t), seen_ys, data[1])
+                preds = tf.nest.map_structure(
+                    lambda ta, t: ta.write(s, tf.cast(t, tf.float32)), seen_preds, pred)
+                ws = seen_ws if w is None else seen_ws.write(s, data[3])
+                pred_shape[:] = [t.shape[1:] for t in tf.nest.flatten(pred)]
+                return ys, preds, ws
 
             st = start
             if kind in ("gradient", "mime"):
                 acc = [tf.zeros_like(p) for p in params]
                 for s in tf.range(n_steps):
-                    xb, yb, mask = batch(s)
+                    data = batch(s)
                     grads, st, ls, elements, pred = self.forward.loss_and_grads(
-                        params, st, xb, yb, mask)
-                    count = tf.reduce_sum(mask)
+                        params, st, *data)
+                    count = tf.reduce_sum(data[2])
                     acc = [a + g * count for a, g in zip(acc, grads)]
                     seen += count
                     if kind == "gradient":
                         loss_sum += ls / elements
-                        seen_ys = seen_ys.write(s, yb)
-                        seen_preds = seen_preds.write(s, tf.cast(pred, tf.float32))
-                        pred_shape[:] = pred.shape[1:]
+                        seen_ys, seen_preds, seen_ws = record(s, data, pred)
                 out["gradient"] = [a / tf.maximum(seen, 1.0) for a in acc]
             if kind in ("train", "mime"):
                 if kind == "mime":  # the training pass starts from the round's state again
@@ -210,9 +240,9 @@ class ClientWork:
                 p = list(params)
                 opt = rule.init(params)
                 for s in tf.range(n_steps):
-                    xb, yb, mask = batch(s)
+                    data = batch(s)
                     grads, st, ls, elements, pred = self.forward.loss_and_grads(
-                        p, st, xb, yb, mask)
+                        p, st, *data)
                     if mu:
                         grads = [g + mu * (w - w0) for g, w, w0 in zip(grads, p, params)]
                     if kind == "mime":
@@ -220,13 +250,11 @@ class ClientWork:
                     else:
                         opt, p = rule.step(opt, p, grads)
                     loss_sum += ls / elements
-                    seen += tf.reduce_sum(mask)
-                    seen_ys = seen_ys.write(s, yb)
-                    seen_preds = seen_preds.write(s, tf.cast(pred, tf.float32))
-                    pred_shape[:] = pred.shape[1:]
+                    seen += tf.reduce_sum(data[2])
+                    seen_ys, seen_preds, seen_ws = record(s, data, pred)
                 out["delta"] = [a - b for a, b in zip(p, params)]
             out.update(state=st, loss_sum=loss_sum, seen=seen, n_steps=n_steps,
-                       ys=seen_ys, preds=seen_preds)
+                       ys=seen_ys, preds=seen_preds, ws=seen_ws)
             return out
 
         for g in tf.range(num // k):
@@ -234,10 +262,13 @@ class ClientWork:
             for j, res in enumerate(done):
                 c = g * k + j
                 if res["n_steps"] > 0:
-                    ys, preds = res["ys"].concat(), res["preds"].concat()
-                    preds = tf.ensure_shape(preds, [None, *res["pred_shape"]])
-                    weight = tf.fill(tf.shape(ys)[:1], metric_mask[c])
-                    self._update_metrics(ys, preds, weight)
+                    ys = tf.nest.map_structure(lambda ta: ta.concat(), res["ys"])
+                    preds = tf.nest.pack_sequence_as(res["preds"], [
+                        tf.ensure_shape(ta.concat(), [None, *shape]) for ta, shape in
+                        zip(tf.nest.flatten(res["preds"]), res["pred_shape"])])
+                    ws = None if w is None else res["ws"].concat()
+                    weight = tf.fill(tf.shape(tf.nest.flatten(ys)[0])[:1], metric_mask[c])
+                    self._update_metrics(ys, preds, weight, ws)
                 if "gradient" in res:
                     grad_ta = [ta.write(c, t) for ta, t in zip(grad_ta, res["gradient"])]
                 if "delta" in res:

@@ -41,6 +41,8 @@ from kerasfed.federated.engines.native import forward as fwd
 from kerasfed.federated.engines.native.client_work import ClientWork
 from kerasfed.federated.engines.native.optimizers import client_rule, server_rule
 from kerasfed.federated.engines.native.packing import pack_chunk
+from kerasfed.federated.clients.structure import leaves, nbytes, num_rows, to_tensors
+from kerasfed.federated.output_parts import update_metrics
 from kerasfed.federated.replicas import Replicas
 
 LOG = logging.getLogger("kerasfed")
@@ -106,15 +108,24 @@ class NativeEngine(Engine):
         self._eval_metrics = [make() for make in setup.parts.metrics]
         self._rounds_run = 0
 
-        self._trainable = list(model.trainable_variables)
-        self._non_trainable = list(model.non_trainable_variables)
+        self._trainable = fwd.variables(model.trainable_variables)
+        self._non_trainable = fwd.variables(model.non_trainable_variables)
         position = {id(v): i for i, v in enumerate(model.weights)}
+        # Weights that are no variables (a Keras 2 lookup layer's vocabulary) are
+        # never trained: get_weights hands back the model's own.
+        covered = {position.get(id(v)) for v in [*self._trainable, *self._non_trainable]}
+        self._fixed = ({i: w for i, w in enumerate(model.get_weights()) if i not in covered}
+                       if len(covered - {None}) < len(model.weights) else {})
         self._trainable_pos = [position[id(v)] for v in self._trainable]
         self._non_trainable_pos = [position.get(id(v)) for v in self._non_trainable]
-        x_spec, y_spec = setup.element_spec
-        self._x_spec, self._y_spec = x_spec, y_spec
+        self._layout = setup.layout
+        self._flatten = setup.layout.flatten if setup.layout is not None else (lambda p: p)
+        strings = any(spec.dtype == tf.string for spec in tf.nest.flatten(setup.element_spec))
 
-        self.form, self._why = _choose_form(model, form)
+        if form is None and strings:  # tf.vectorized_map has no string ops nor lookup tables
+            self.form, self._why = "sequential", "string data is processed one client at a time"
+        else:
+            self.form, self._why = _choose_form(model, form)
         self._works = self._build_works(self.form)
         self._max_parallel = setup.max_parallel_clients
         self.bytes_to_client, self.bytes_from_client = self._payload_bytes()
@@ -124,10 +135,11 @@ class NativeEngine(Engine):
     def _build_works(self, form: str) -> list[ClientWork]:
         """One compiled client computation per local replica (each its own metrics)."""
         lockstep = form.startswith("lockstep")
+        flatten = self._layout.flatten if self._layout is not None else None
         if lockstep or fwd.StatelessForward.supported(self._model) is None:
-            forward = fwd.StatelessForward(self._model, self._loss)
+            forward = fwd.StatelessForward(self._model, self._loss, flatten)
         else:
-            forward = fwd.VariableForward(self._model, self._loss)
+            forward = fwd.VariableForward(self._model, self._loss, flatten)
         stateless = isinstance(forward, fwd.StatelessForward)
         return [
             ClientWork(
@@ -160,7 +172,7 @@ class NativeEngine(Engine):
         return state
 
     def get_weights(self, state: dict) -> list[np.ndarray]:
-        weights: list[Any] = [None] * len(self._model.weights)
+        weights: list[Any] = [self._fixed.get(i) for i in range(len(self._model.weights))]
         for i, t in zip(self._trainable_pos, state["trainable"]):
             weights[i] = t.numpy()
         for i, t in zip(self._non_trainable_pos, state["non_trainable"]):
@@ -204,7 +216,7 @@ class NativeEngine(Engine):
             return self._empty_round(state, round_num)
         # Every worker divides the round's clients the same way, trains its own
         # replicas' shares, then sums (or, for robust combiners, gathers) the results.
-        shares = self._replicas.split([len(c.x) for c in clients])
+        shares = self._replicas.split([num_rows(c.x) for c in clients])
         local = self._replicas.local_shares(shares)
         # A plain mean needs only each replica's sums, taken chunk by chunk, so a
         # round holds one chunk's client updates at a time; robust combiners and
@@ -278,10 +290,6 @@ class NativeEngine(Engine):
                    replica: int = 0) -> dict:
         packed = pack_chunk(
             chunk, batch_size=self._batch_size, num_slots=slots,
-            feature_shape=tuple(self._x_spec.shape[1:]),
-            feature_dtype=self._x_spec.dtype.as_numpy_dtype,
-            label_shape=tuple(self._y_spec.shape[1:]),
-            label_dtype=self._y_spec.dtype.as_numpy_dtype,
             min_rows=self._setup.largest_client,
             min_steps=self._setup.local_epochs * -(-self._setup.largest_client // self._batch_size),
         )
@@ -310,7 +318,8 @@ class NativeEngine(Engine):
 
     def _call_work(self, packed, metric_mask, state, replica: int = 0) -> dict:
         args = (
-            tf.constant(packed.x), tf.constant(packed.y), tf.constant(packed.batches),
+            to_tensors(packed.x), to_tensors(packed.y),
+            None if packed.w is None else tf.constant(packed.w), tf.constant(packed.batches),
             tf.constant(packed.counts), tf.constant(metric_mask),
             state["trainable"], state["non_trainable"], state["algorithm"],
         )
@@ -499,25 +508,29 @@ class NativeEngine(Engine):
                                 update_non_finite=non_finite, aggregation=logs, skipped=skipped)
 
     # -- evaluation ---------------------------------------------------------------
-    def _evaluate_batch_fn(self, x, y):
-        pred = self._model(x, training=False)
-        y = fwd.match_rank(y, pred)
-        per = self._loss(y, pred)
-        for metric in self._eval_metrics:
-            metric.update_state(y, pred)
-        count = tf.cast(tf.shape(x)[0], per.dtype)
+    def _evaluate_batch_fn(self, x, y, w=None):
+        pred = self._flatten(self._model(x, training=False))
+        if not tf.nest.is_nested(y):
+            y = fwd.match_rank(y, pred)
+        per = self._loss(y, pred, sample_weight=w)
+        first = tf.nest.flatten(pred)[0]
+        update_metrics(self._eval_metrics, y, pred, None, w)
+        count = tf.cast(tf.shape(first)[0], per.dtype)
         elements = tf.cast(tf.size(per), per.dtype) / tf.maximum(count, 1.0)
         if per.shape.rank == 0:
             return per * count
         return tf.reduce_sum(per) / elements
 
-    def _evaluate_batches_fn(self, x, y, starts, ends):
+    def _evaluate_batches_fn(self, x, y, w, starts, ends):
         # Many clients' batches in one compiled loop: rows starts[i]:ends[i] are
         # one batch of one client (its last one partial, as TFF batches it).
         total = tf.zeros((), tf.float64)
         for i in tf.range(tf.shape(starts)[0]):
             rows = slice(starts[i], ends[i])
-            total += tf.cast(self._evaluate_batch_fn(x[rows], y[rows]), tf.float64)
+            cut = lambda t, rows=rows: t[rows]  # noqa: E731
+            total += tf.cast(self._evaluate_batch_fn(
+                tf.nest.map_structure(cut, x), tf.nest.map_structure(cut, y),
+                None if w is None else w[rows]), tf.float64)
         return total
 
     def _evaluation_groups(self, clients: Sequence[ClientRound]):
@@ -525,9 +538,9 @@ class NativeEngine(Engine):
         ``_EVAL_GROUP_BYTES`` per call (bounded memory for many clients)."""
         group: list[ClientRound] = []
         size = 0
-        for client in [c for c in clients if len(c.x)]:
+        for client in [c for c in clients if num_rows(c.x)]:
             group.append(client)
-            size += client.x.nbytes + client.y.nbytes
+            size += nbytes(client.x) + nbytes(client.y)
             if size >= _EVAL_GROUP_BYTES:
                 yield group
                 group, size = [], 0
@@ -540,22 +553,24 @@ class NativeEngine(Engine):
             metric.reset_state()
         replicas = self._replicas
         if replicas.workers > 1:  # each worker evaluates its share; the sums are added
-            shares = replicas.split([len(c.x) for c in clients])
+            shares = replicas.split([num_rows(c.x) for c in clients])
             clients = [clients[i] for i in replicas.worker_share(shares)]
         sums = []
+        joined = lambda *parts: tf.constant(np.concatenate(parts))  # noqa: E731
         for group in self._evaluation_groups(clients):
-            offsets = np.cumsum([0] + [len(c.x) for c in group])
-            starts = np.concatenate([np.arange(o, o + len(c.x), self._batch_size)
-                                     for o, c in zip(offsets, group)])
+            sizes = [num_rows(c.x) for c in group]
+            offsets = np.cumsum([0] + sizes)
+            starts = np.concatenate([np.arange(o, o + n, self._batch_size)
+                                     for o, n in zip(offsets, sizes)])
             ends = np.minimum(starts + self._batch_size,
-                              np.repeat(offsets[1:], [-(-len(c.x) // self._batch_size)
-                                                      for c in group]))
+                              np.repeat(offsets[1:], [-(-n // self._batch_size) for n in sizes]))
             sums.append(self._evaluate_batches(
-                tf.constant(np.concatenate([c.x for c in group])),
-                tf.constant(np.concatenate([c.y for c in group])),
+                tf.nest.map_structure(joined, *[c.x for c in group]),
+                tf.nest.map_structure(joined, *[c.y for c in group]),
+                None if group[0].w is None else joined(*[c.w for c in group]),
                 tf.constant(starts, tf.int32), tf.constant(ends, tf.int32)))
         loss_sum = float(tf.add_n(sums)) if sums else 0.0  # the one wait for the results
-        total = sum(len(c.x) for c in clients)
+        total = sum(num_rows(c.x) for c in clients)
         if replicas.workers > 1:
             mine = {"loss": tf.constant(loss_sum, tf.float64),
                     "total": tf.constant(total, tf.int64),
@@ -582,7 +597,7 @@ class NativeEngine(Engine):
         # update, its weight and the metric sums (loss total and count, int64
         # num_examples and num_batches) back. Mime-lite also sends the global
         # optimizer state out and the full gradient (with its weight) back.
-        to_client = nbytes(self._model.weights)
+        to_client = nbytes(fwd.variables(self._model.weights))
         update = nbytes(self._trainable)
         values = sum(int(np.prod(v.shape)) for v in self._trainable)
         from_client = self._chain.update_bytes(values, self._setup.expected_clients) + 4
@@ -631,9 +646,10 @@ def side_by_side(devices: Sequence[str | None]) -> bool:
 
 def default_parallel_clients(model, clients: Sequence[ClientRound], batch_size: int) -> int:
     """How many clients one chunk may hold in about a quarter of the free memory."""
-    params = sum(int(np.prod(v.shape)) for v in model.weights)
-    rows = max(len(c.x) for c in clients)
-    example = int(np.prod(clients[0].x.shape[1:])) + int(np.prod(clients[0].y.shape[1:]))
+    params = sum(int(np.prod(v.shape)) for v in fwd.variables(model.weights))
+    rows = max(num_rows(c.x) for c in clients)
+    example = sum(int(np.prod(a.shape[1:])) for a in [*leaves(clients[0].x),
+                                                      *leaves(clients[0].y)])
     activations = 0
     for layer in model._flatten_layers(include_self=False, recursive=True):  # noqa: SLF001
         shape = getattr(getattr(layer, "output", None), "shape", None)

@@ -1,4 +1,8 @@
-"""The Keras model as a function of its weights: ``loss_and_grads(params, state, x, y, mask)``.
+"""The Keras model as a function of its weights: ``loss_and_grads(params, state, x, y, mask, sw)``.
+
+``x`` and ``y`` may be structures (several inputs; several outputs as a tuple in
+``OutputLayout`` order); the predictions come back in that same form, and ``sw``
+(None, or one sample weight per row) weighs the loss.
 
 Training many clients in one computation needs the model's forward pass with the
 weights as *inputs* rather than as the model's variables. Two ways to get it:
@@ -28,6 +32,7 @@ from typing import Any
 import tensorflow as tf
 
 from kerasfed._compat import KERAS_3, keras
+from kerasfed.federated.output_parts import match_rank  # noqa: F401  (re-exported)
 
 # Layers whose output for one example depends only on that example (and the
 # weights): padding a batch with masked rows leaves the real rows' results as
@@ -41,11 +46,18 @@ PER_EXAMPLE_LAYERS = frozenset({
     "DepthwiseConv2D", "SeparableConv2D", "MaxPooling1D", "MaxPooling2D", "AveragePooling1D",
     "AveragePooling2D", "GlobalAveragePooling1D", "GlobalAveragePooling2D",
     "GlobalMaxPooling1D", "GlobalMaxPooling2D", "ZeroPadding2D", "Cropping2D",
-    "UpSampling2D", "CategoryEncoding", "Sequential", "Functional",
+    "UpSampling2D", "CategoryEncoding", "Normalization", "Sequential", "Functional",
 })
 CONVOLUTION_LAYERS = frozenset({
     "Conv1D", "Conv2D", "Conv3D", "DepthwiseConv2D", "SeparableConv2D",
 })
+
+
+def variables(weights: Sequence[Any]) -> list:
+    """The variables among a model's weights. Keras 2 lookup layers (StringLookup,
+    TextVectorization) list a vocabulary handler there, which is no variable: the
+    vocabulary is fixed, and travels with the model outside the training state."""
+    return [w for w in weights if hasattr(w, "shape") and hasattr(w, "dtype")]
 
 
 def layer_classes(model: keras.Model) -> list[str]:
@@ -56,28 +68,25 @@ def layer_classes(model: keras.Model) -> list[str]:
     return names
 
 
-def match_rank(y_true: tf.Tensor, y_pred: tf.Tensor) -> tf.Tensor:
-    """Labels of shape [B] against predictions [B, k] become [B, 1], as Keras'
-    ``compile`` losses and metrics see them (``match_dtype_and_rank``)."""
-    if y_true.shape.rank == 1 and y_pred.shape.rank == 2:
-        return tf.expand_dims(y_true, -1)
-    return y_true
+def batch_loss_fn(loss: Any) -> Callable[..., tuple[tf.Tensor, tf.Tensor]]:
+    """``(y, pred, mask, sw) -> (sum of per-example loss over real rows, elements per example)``.
 
-
-def batch_loss_fn(loss: Any) -> Callable[[tf.Tensor, tf.Tensor, tf.Tensor], tf.Tensor]:
-    """``(y, pred, mask) -> (sum of per-example loss over real rows, elements per example)``.
-
-    ``loss`` is a ``keras.losses.Loss`` rebuilt with no reduction. Keras'
-    ``SUM_OVER_BATCH_SIZE`` mean of a batch is then ``sum / (count * elements)``,
-    whatever the loss's per-example shape ([B] for classification, [B, T] per
-    time step).
+    ``loss`` is a ``keras.losses.Loss`` rebuilt with no reduction (or an
+    ``output_parts.StructuredLoss``). Keras' ``SUM_OVER_BATCH_SIZE`` mean of a
+    batch is then ``sum / (count * elements)``, whatever the loss's per-example
+    shape ([B] for classification, [B, T] per time step); sample weights ``sw``
+    multiply the examples' losses, and ``count`` stays the number of real rows,
+    as Keras divides by the batch size, not by the weights' sum.
     """
 
-    def per_example(y_true, y_pred, mask):
-        y_true = match_rank(y_true, y_pred)
-        values = loss(y_true, y_pred, sample_weight=mask)
+    def per_example(y_true, y_pred, mask, sw=None):
+        if not tf.nest.is_nested(y_true):
+            y_true = match_rank(y_true, y_pred)
+        weight = mask if sw is None else mask * sw
+        values = loss(y_true, y_pred, sample_weight=weight)
+        first = tf.nest.flatten(y_pred)[0]
         elements = tf.cast(tf.size(values), values.dtype) / tf.cast(
-            tf.maximum(tf.shape(y_pred)[0], 1), values.dtype
+            tf.maximum(tf.shape(first)[0], 1), values.dtype
         )
         if values.shape.rank == 0:  # a loss that reduced itself: nothing to mask
             return values * tf.reduce_sum(mask), tf.ones((), values.dtype)
@@ -89,13 +98,14 @@ def batch_loss_fn(loss: Any) -> Callable[[tf.Tensor, tf.Tensor, tf.Tensor], tf.T
 class StatelessForward:
     """Loss and gradients of a model at weights given as tensors (no variables)."""
 
-    def __init__(self, model: keras.Model, loss: Any):
+    def __init__(self, model: keras.Model, loss: Any, flatten: Callable[[Any], Any] = None):
         self.model = model
         self._loss = batch_loss_fn(loss)
-        self.trainable = list(model.trainable_variables)
+        self._flatten = flatten or (lambda pred: pred)
+        self.trainable = variables(model.trainable_variables)
         # Keras 3 counts seed generators' states among the non-trainable
         # variables (not among `weights`); they ride along unchanged.
-        self.non_trainable = list(model.non_trainable_variables)
+        self.non_trainable = variables(model.non_trainable_variables)
         self._slots = None if KERAS_3 else _weight_attributes(model)
         self._call_takes_training = "training" in inspect.signature(model.call).parameters
 
@@ -117,7 +127,7 @@ class StatelessForward:
             return str(e)
         return None
 
-    def loss_and_grads(self, params, state, x, y, mask):
+    def loss_and_grads(self, params, state, x, y, mask, sw=None):
         """Returns (grads, new_state, loss_sum, elements, predictions).
 
         ``loss_sum / (count * elements)`` is the batch's mean loss over its real
@@ -128,7 +138,7 @@ class StatelessForward:
         with tf.GradientTape() as tape:
             tape.watch(params)
             pred, new_state, reg = self.call(params, state, x, training=True)
-            loss_sum, elements = self._loss(y, pred, mask)
+            loss_sum, elements = self._loss(y, pred, mask, sw)
             loss = loss_sum / (tf.maximum(count, 1.0) * elements) + reg
         grads = tape.gradient(loss, params, unconnected_gradients=tf.UnconnectedGradients.ZERO)
         return _dense(grads), new_state, loss_sum, elements, pred
@@ -141,21 +151,24 @@ class StatelessForward:
             pred, new_state, losses = self.model.stateless_call(
                 list(params), list(state), x, return_losses=True, **kwargs
             )
-            reg = tf.add_n(losses) if losses else tf.zeros((), pred.dtype)
+            pred = self._flatten(pred)
+            dtype = tf.nest.flatten(pred)[0].dtype
+            reg = tf.add_n(losses) if losses else tf.zeros((), dtype)
             return pred, list(new_state), reg
         with _pointed_at(self._slots, [*params, *state]):
-            pred = self.model(x, training=training)
-        return pred, list(state), tf.zeros((), pred.dtype)
+            pred = self._flatten(self.model(x, training=training))
+        return pred, list(state), tf.zeros((), tf.nest.flatten(pred)[0].dtype)
 
 
 class VariableForward:
     """Loss and gradients of a model at given weights, through its own variables."""
 
-    def __init__(self, model: keras.Model, loss: Any):
+    def __init__(self, model: keras.Model, loss: Any, flatten: Callable[[Any], Any] = None):
         self.model = model
         self._loss = batch_loss_fn(loss)
-        self.trainable = list(model.trainable_variables)
-        self.non_trainable = list(model.non_trainable_variables)
+        self._flatten = flatten or (lambda pred: pred)
+        self.trainable = variables(model.trainable_variables)
+        self.non_trainable = variables(model.non_trainable_variables)
 
     def assign(self, params, state) -> None:
         for v, t in zip(self.trainable, params):
@@ -163,12 +176,12 @@ class VariableForward:
         for v, t in zip(self.non_trainable, state):
             v.assign(t)
 
-    def loss_and_grads(self, params, state, x, y, mask):
+    def loss_and_grads(self, params, state, x, y, mask, sw=None):
         self.assign(params, state)
         count = tf.reduce_sum(mask)
         with tf.GradientTape() as tape:
-            pred = self.model(x, training=True)
-            loss_sum, elements = self._loss(y, pred, mask)
+            pred = self._flatten(self.model(x, training=True))
+            loss_sum, elements = self._loss(y, pred, mask, sw)
             loss = loss_sum / (tf.maximum(count, 1.0) * elements)
             if self.model.losses:
                 loss = loss + tf.add_n(self.model.losses)
@@ -188,7 +201,7 @@ def _dense(grads) -> list[tf.Tensor]:
 def _weight_attributes(model: keras.Model) -> list[tuple[Any, str]]:
     """(layer, attribute) holding each of the model's variables, in the order
     trainable then non-trainable; ValueError if one is held nowhere."""
-    wanted = [*model.trainable_variables, *model.non_trainable_variables]
+    wanted = variables([*model.trainable_variables, *model.non_trainable_variables])
     where: dict[int, tuple[Any, str]] = {}
     for layer in model._flatten_layers(include_self=False, recursive=True):  # noqa: SLF001
         for name, value in vars(layer).items():

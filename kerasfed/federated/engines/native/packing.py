@@ -15,9 +15,11 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
+from kerasfed.federated.clients.structure import empty_like, map_leaves, num_rows
 from kerasfed.federated.engines.base import ClientRound
 
 
@@ -31,8 +33,9 @@ def bucket(n: int) -> int:
 
 @dataclasses.dataclass(frozen=True)
 class PackedChunk:
-    x: np.ndarray  # [C, rows, *feature_shape]
-    y: np.ndarray  # [C, rows, *label_shape]
+    x: Any  # [C, rows, *feature_shape] (a structure of them for several inputs)
+    y: Any  # [C, rows, *label_shape] (a tuple of them for several outputs)
+    w: np.ndarray | None  # [C, rows] float32 sample weights, or None
     batches: np.ndarray  # [C, steps, batch_size] int32 row indices
     counts: np.ndarray  # [C, steps] float32 real examples per step
     real_clients: int  # the first `real_clients` of C are clients; the rest padding
@@ -40,23 +43,32 @@ class PackedChunk:
 
 def pack_chunk(
     clients: Sequence[ClientRound], *, batch_size: int, num_slots: int,
-    feature_shape: tuple, feature_dtype: np.dtype, label_shape: tuple, label_dtype: np.dtype,
-    min_rows: int = 0, min_steps: int = 0,
+    min_rows: int = 0, min_steps: int = 0, **_: Any,
 ) -> PackedChunk:
     """Packs ``clients`` (at most ``num_slots``) into ``num_slots`` padded slots,
-    with at least ``min_rows`` rows and ``min_steps`` steps."""
-    rows = max(len(c.x) for c in clients)
+    with at least ``min_rows`` rows and ``min_steps`` steps. Every leaf of the
+    clients' ``x`` and ``y`` is padded (zeros, or empty strings)."""
+    rows = max(num_rows(c.x) for c in clients)
     rows = min_rows if rows <= min_rows else bucket(rows)
     steps = max(c.order.shape[0] * math.ceil(c.order.shape[1] / batch_size) for c in clients)
     steps = min_steps if steps <= min_steps else bucket(steps)
-    x = np.zeros((num_slots, rows, *feature_shape), feature_dtype)
-    y = np.zeros((num_slots, rows, *label_shape), label_dtype)
+
+    def padded(leaves_of_first: np.ndarray, parts: list[np.ndarray]) -> np.ndarray:
+        out = empty_like(leaves_of_first, (num_slots, rows, *leaves_of_first.shape[1:]))
+        for slot, part in enumerate(parts):
+            out[slot, :len(part)] = part
+        return out
+
+    first = clients[0]
+    x = map_leaves(lambda ref, *parts: padded(ref, list(parts)), first.x, *[c.x for c in clients])
+    y = map_leaves(lambda ref, *parts: padded(ref, list(parts)), first.y, *[c.y for c in clients])
+    w = None
+    if first.w is not None:
+        w = padded(first.w, [c.w for c in clients])
     batches = np.zeros((num_slots, steps, batch_size), np.int32)
     counts = np.zeros((num_slots, steps), np.float32)
     for slot, client in enumerate(clients):
-        n = len(client.x)
-        x[slot, :n] = client.x
-        y[slot, :n] = client.y
+        n = num_rows(client.x)
         step = 0
         for epoch_order in client.order:
             for start in range(0, n, batch_size):
@@ -64,4 +76,5 @@ def pack_chunk(
                 batches[slot, step, : len(part)] = part
                 counts[slot, step] = len(part)
                 step += 1
-    return PackedChunk(x=x, y=y, batches=batches, counts=counts, real_clients=len(clients))
+    return PackedChunk(x=x, y=y, w=w, batches=batches, counts=counts,
+                       real_clients=len(clients))

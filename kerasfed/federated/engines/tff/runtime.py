@@ -41,6 +41,11 @@ from collections.abc import Iterator
 from typing import IO, Any
 
 from kerasfed._compat import require_tff
+from kerasfed.errors import (  # noqa: F401  (WorkerDiedError, WorkerStartError: defined with the family)
+    ArgumentError,
+    WorkerDiedError,
+    WorkerStartError,
+)
 
 _READY_TIMEOUT_S = 120.0  # the 300 MB binary can be slow to load from a cold disk
 _STOP_TIMEOUT_S = 5.0
@@ -85,14 +90,6 @@ class RuntimeInfo:
 
     address: str | None
     pid: int | None
-
-
-class WorkerStartError(RuntimeError):
-    """Raised when the TFF worker process exits or does not listen in time."""
-
-
-class WorkerDiedError(RuntimeError):
-    """Raised when the TFF worker process ends while computations still need it."""
 
 
 # Workers not yet stopped, with the pid of the process that started them; the atexit
@@ -166,7 +163,7 @@ def _check_max_concurrent_clients(value: object) -> None:
     if value is None:
         return
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(
+        raise ArgumentError(
             "Expected `max_concurrent_clients` to be None (no limit) or a positive int. "
             f"Received: max_concurrent_clients={value!r} of type {type(value).__name__}. "
             "Pass e.g. max_concurrent_clients=4, or None to train all clients at once."

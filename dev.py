@@ -179,7 +179,8 @@ SMOKE_ENVS = (
     SmokeEnv("py3.13-tf2.21", "3.13",
              (("{kerasfed}", "tensorflow==2.21.*", PYTEST_FOR_SMOKE),)),
     # A user who already has the oldest Keras 3 TensorFlow (numpy < 2) adds kerasfed:
-    # TensorFlow and numpy must stay.
+    # TensorFlow and numpy must stay. (uv keeps them; pip, given the extra, resolves the
+    # newest scipy's numpy 2 by upgrading TensorFlow: docs/install.md says what to run.)
     SmokeEnv("py3.12-tf2.16", "3.12",
              (("tensorflow==2.16.*", PYTEST_FOR_SMOKE), ("{kerasfed}",)),
              kept=("tensorflow", "numpy")),

@@ -363,7 +363,7 @@ def test_client_data_structure_errors():
         ClientData({"a": (x, y, -w)}).validate()
     with pytest.raises(ValueError, match=r"Client 'b' has features structured as"):
         ClientData({"a": (x, y), "b": ([x["a"], x["b"]], y)}).validate()
-    with pytest.raises(ValueError, match=r"object array holding int values"):
+    with pytest.raises(ValueError, match=r"its features have dtype object holding int values"):
         ClientData({"a": (np.array(["a", 1], dtype=object), np.zeros(2))})
     with pytest.raises(ValueError, match=r"write_client_data: these clients have sample "
                                               r"weights"):
@@ -406,3 +406,19 @@ def test_fit_distributed_takes_dict_models_and_sample_weights():
                                        shuffle=False, verbose=0)
     assert set(expected.history) <= set(history.history)
     assert _max_diff(model.get_weights(), reference.get_weights()) < 1e-5
+
+
+def test_partition_keeps_structures_and_sample_weights():
+    x, y, w = _dict_outputs_data(12, np.random.default_rng(0))
+    clients = kerasfed.partition(x, y, 3, seed=0, sample_weight=w)
+    rows = np.concatenate([np.flatnonzero((x["a"] == entry[0]["a"][:, None]).all(-1).any(0))
+                           for entry in clients.values()])
+    assert sorted(rows.tolist()) == list(range(12))  # every example in one client
+    for xc, yc, wc in clients.values():
+        index = [int(np.flatnonzero((x["a"] == row).all(1))[0]) for row in xc["a"]]
+        np.testing.assert_array_equal(xc["b"], x["b"][index])
+        np.testing.assert_array_equal(yc["cls"], y["cls"][index])
+        np.testing.assert_array_equal(wc, w[index])
+    with pytest.raises(ValueError, match=r"scheme='dirichlet' splits by class labels, but y "
+                                         r"holds several label arrays"):
+        kerasfed.partition(x, y, 3, "dirichlet", seed=0)

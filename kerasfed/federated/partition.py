@@ -33,6 +33,7 @@ import numpy as np
 from kerasfed._arguments import checked_call, user_stacklevel
 from kerasfed.errors import ArgumentTypeError, PartitionError
 from kerasfed.federated.clients import ClientData, check_int
+from kerasfed.federated.clients.structure import _holds_arrays, is_structured, map_leaves, num_rows
 from kerasfed.federated.clients.arguments import ArrayLike
 
 SCHEMES: tuple[str, ...] = ("iid", "dirichlet", "shards", "by_key")
@@ -57,13 +58,17 @@ def partition(
     min_client_size: int | None = None,
     shards_per_client: int | None = None,
     keys: ArrayLike | None = None,
+    sample_weight: ArrayLike | None = None,
 ) -> ClientData:
     """Splits ``(x, y)`` into ``num_clients`` clients; every example goes to one client.
 
     Args:
-        x: Features, first dimension = examples.
+        x: Features, first dimension = examples; or a list/dict of such arrays
+            (a model with several inputs).
         y: Labels, same first dimension: class indices ``(n,)``/``(n, 1)`` or
-            one-hot ``(n, C)`` (the label-based schemes use the argmax).
+            one-hot ``(n, C)`` (the label-based schemes use the argmax); or a
+            list/dict of label arrays (several outputs: ``"iid"`` and ``"by_key"``
+            only, or split with ``partition_indices`` on one output's labels).
         num_clients: Number of clients, in [1, n]. For ``"by_key"``, None (one
             client per key) or the number of keys to sample.
         scheme: One of ``"iid"`` (default), ``"dirichlet"``, ``"shards"``, ``"by_key"``.
@@ -76,6 +81,8 @@ def partition(
             ids are the keys as str, in sorted key order. With an int
             ``num_clients`` below the number of keys, keys are dealt at random
             to that many clients (``client_000``...), a key never split.
+        sample_weight: One weight per example (default None); each client then
+            gets ``(x, y, sample_weight)``.
 
     Returns:
         A :class:`ClientData` with ids ``client_000``, ``client_001``, ... (or the
@@ -92,6 +99,10 @@ def partition(
         >>> sorted(cd.client_ids)
         ['client_000', 'client_001', 'client_002', 'client_003']
     """
+    if _holds_arrays(x) or _holds_arrays(y) or sample_weight is not None:
+        return _partition_structures(x, y, sample_weight, num_clients, scheme, seed=seed,
+                                     alpha=alpha, min_client_size=min_client_size,
+                                     shards_per_client=shards_per_client, keys=keys)
     x = np.asarray(x)
     y = np.asarray(y)
     if x.ndim == 0 or y.ndim == 0:
@@ -115,6 +126,25 @@ def partition(
         keys=keys,
     )
     return ClientData({cid: (x[idx], y[idx]) for cid, idx in indices.items()})
+
+
+def _partition_structures(x: Any, y: Any, sample_weight: Any, num_clients: int | None,
+                          scheme: str, **settings: Any) -> ClientData:
+    """``partition`` for structured ``x``/``y`` or with sample weights."""
+    whole = ClientData({"whole": (x, y) if sample_weight is None else (x, y, sample_weight)})
+    entry = whole["whole"]
+    labels = entry[1]
+    if is_structured(labels):
+        if scheme in ("dirichlet", "shards"):
+            raise PartitionError(
+                f"scheme={scheme!r} splits by class labels, but y holds several label arrays "
+                f"(a model with several outputs). Use scheme='iid' or 'by_key', or call "
+                f"kerasfed.partition_indices(one_output_labels, ...) and index x and y with it."
+            )
+        labels = np.zeros(num_rows(entry[0]), np.int64)  # iid and by_key ignore the labels
+    indices = _indices(labels, num_clients, scheme, **settings)
+    return ClientData({cid: tuple(map_leaves(lambda a, idx=idx: a[idx], part) for part in entry)
+                       for cid, idx in indices.items()})
 
 
 def partition_indices(

@@ -22,6 +22,7 @@ Starting new session") per round computation.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import html
 import logging
 import math
@@ -34,6 +35,8 @@ import time
 import warnings
 from collections.abc import Iterator
 from typing import Any
+
+import tqdm
 
 from kerasfed._compat import keras
 from kerasfed._console import in_notebook, is_interactive, resolve_verbose, terminal_columns
@@ -108,6 +111,63 @@ def _drop_order(names: list[str]) -> list[str]:
     return others + [n for n in reversed(names) if n in important and n != "loss"]
 
 
+@dataclasses.dataclass(frozen=True)
+class _Fitted:
+    """What of a round's progress fits the width: the metric text, the timing, the bar."""
+
+    metrics: str  # "loss 1.2346  acc 0.8123"
+    timing: str  # "" when left out
+    bar: int  # the bar's width in characters; 0 when left out
+
+    @property
+    def rest(self) -> str:
+        return "  ".join(part for part in (self.metrics, self.timing) if part)
+
+
+def _fit(head: int, logs: dict[str, Any], width: int | None, timing: tuple[str, str]) -> _Fitted:
+    """Chooses what fits beside a head of ``head`` characters (see ``round_line``).
+
+    The lengths are those of ``round_line``'s layout (head, bar, metrics, timing), which
+    the terminal's layout (head, metrics, bar, timing) never exceeds. When nothing fits,
+    the loss alone is returned and the caller cuts it to the width.
+    """
+    metrics = _metrics(logs)
+    names = [n for n, _ in metrics]
+    values = dict(metrics)
+    short = _short_names(names)
+    full_timing, short_timing = timing
+
+    def fitted(shown: list[str], rename: dict[str, str] | None, times: str, bar: bool) -> _Fitted | None:
+        text = "  ".join(f"{(rename or {}).get(n, n)} {_value(values[n])}" for n in shown)
+        candidate = _Fitted(text, times, 0)
+        if bar:
+            # The bar takes what the rest leaves: two brackets and two spaces around it.
+            rest = len(candidate.rest)
+            room = _MAX_BAR if width is None else min(width - head - rest - 4, _MAX_BAR)
+            if room < _MIN_BAR:
+                return None
+            candidate = dataclasses.replace(candidate, bar=room)
+        length = head + (candidate.bar + 3 if candidate.bar else 0) + (len(candidate.rest) + 1 if candidate.rest else 0)
+        return candidate if width is None or length <= width else None
+
+    candidates = [
+        (names, None, full_timing, True),
+        (names, None, full_timing, False),
+        (names, short, full_timing, False),
+        (names, short, short_timing, False),
+        (names, short, "", False),
+    ]
+    dropped = list(names)
+    for name in _drop_order(names):
+        dropped = [n for n in dropped if n != name]
+        candidates.append((dropped, short, "", False))
+    for candidate in candidates:
+        chosen = fitted(*candidate)
+        if chosen is not None:
+            return chosen
+    return _Fitted(f"loss {_value(values['loss'])}" if "loss" in values else "", "", 0)
+
+
 def round_line(
     done: int,
     rounds: int,
@@ -132,43 +192,13 @@ def round_line(
         value shown is shown in full.
     """
     head = f"Round {done:>{len(str(rounds))}}/{rounds}"
-    metrics = _metrics(logs)
-    names = [n for n, _ in metrics]
-    values = dict(metrics)
-    short = _short_names(names)
-    full_timing, short_timing = timing
-
-    def compose(shown: list[str], rename: dict[str, str] | None, times: str, bar: bool) -> str:
-        parts = [head]
-        text = [f"{(rename or {}).get(n, n)} {_value(values[n])}" for n in shown]
-        rest = "  ".join([*text, times] if times else text)
-        if bar:
-            # The bar takes what the rest leaves: two brackets and two spaces around it.
-            room = _MAX_BAR if width is None else min(width - len(head) - len(rest) - 4, _MAX_BAR)
-            if room < _MIN_BAR:
-                return ""
-            filled = round(room * done / rounds) if rounds else room
-            parts.append("[" + "=" * filled + "." * (room - filled) + "]")
-        if rest:
-            parts.append(rest)
-        return " ".join(parts)
-
-    candidates = [
-        (names, None, full_timing, True),
-        (names, None, full_timing, False),
-        (names, short, full_timing, False),
-        (names, short, short_timing, False),
-        (names, short, "", False),
-    ]
-    dropped = list(names)
-    for name in _drop_order(names):
-        dropped = [n for n in dropped if n != name]
-        candidates.append((dropped, short, "", False))
-    for shown, rename, times, bar in candidates:
-        line = compose(shown, rename, times, bar)
-        if line and (width is None or len(line) <= width):
-            return line
-    return compose(["loss"] if "loss" in values else [], short, "", False)[: max(width or 0, 1)]
+    fitted = _fit(len(head), logs, width, timing)
+    bar = ""
+    if fitted.bar:
+        filled = round(fitted.bar * done / rounds) if rounds else fitted.bar
+        bar = "[" + "=" * filled + "." * (fitted.bar - filled) + "]"
+    line = " ".join(part for part in (head, bar, fitted.rest) if part)
+    return line if width is None else line[: max(width, 1)]
 
 
 class RoundProgress(keras.callbacks.Callback):
@@ -201,12 +231,12 @@ class RoundProgress(keras.callbacks.Callback):
             return
         stream = sys.stdout if self._stream is None else self._stream
         if in_notebook() and self._stream is None:
-            self._display = _NotebookDisplay()
+            self._display = _NotebookDisplay(self._notebook_line)
         elif is_interactive(stream):
-            self._display = _TerminalDisplay(stream, self._width)
+            self._display = _TerminalDisplay(stream, self._rounds, self._initial, self._width)
         # Otherwise (a file or a pipe) no display: one line per round, as verbose=2.
         if self._display is not None:
-            self._display.show(self._line(self._initial, {}, final=False))
+            self._display.show(self._initial, {})
 
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
         logs = logs or {}
@@ -214,7 +244,7 @@ class RoundProgress(keras.callbacks.Callback):
         if _is_number(seconds):
             self._seconds.append(seconds)
         if self._display is not None:
-            self._display.show(self._line(epoch + 1, logs, final=False))
+            self._display.show(epoch + 1, logs)
             self._last = (epoch + 1, logs)
         elif self._verbose in (1, 2):
             line = f"Round {epoch + 1}/{self._rounds} - {_time(seconds)}"
@@ -223,12 +253,11 @@ class RoundProgress(keras.callbacks.Callback):
 
     def on_train_end(self, logs: dict | None = None) -> None:
         if self._display is not None and self._last is not None:
-            self._display.show(self._line(*self._last, final=True))
+            self._display.finish(*self._last)
         self.close()
 
-    def _line(self, done: int, logs: dict, *, final: bool) -> Any:
-        return lambda width: round_line(done, self._rounds, logs, width=width,
-                                        timing=self._timing(done, final))
+    def _notebook_line(self, done: int, logs: dict, final: bool) -> str:
+        return round_line(done, self._rounds, logs, timing=self._timing(done, final))
 
     def _timing(self, done: int, final: bool) -> tuple[str, str]:
         if not self._seconds:
@@ -266,47 +295,121 @@ def _time(seconds: Any) -> str:
 
 
 class _Display:
-    """One progress line shown in place; ``show`` takes ``line(width) -> str``."""
+    """One progress line shown in place."""
 
-    def show(self, line: Any) -> None:
+    def show(self, done: int, logs: dict) -> None:
+        """Shows the state after ``done`` rounds, ``logs`` being the latest round's."""
+        raise NotImplementedError
+
+    def finish(self, done: int, logs: dict) -> None:
+        """Shows the final state (with the total time); ``close`` follows."""
         raise NotImplementedError
 
     def close(self) -> None:
         """Leaves the last state shown."""
 
 
-class _TerminalDisplay(_Display):
-    """Redraws the line with a carriage return, padded with spaces (no ANSI codes)."""
+class _RoundBar(tqdm.tqdm):
+    """tqdm over rounds whose line is fitted to the width at every redraw.
 
-    def __init__(self, stream: Any, width: int | None):
-        self._stream = stream
+    tqdm measures the rate and draws (``\\r`` and spaces; no ANSI codes while it is
+    the only bar); ``format_dict`` picks what of ``logs`` and the timing fits, by
+    ``_fit``, and writes it into ``bar_format``, values before the bar.
+    """
+
+    monitor_interval = 0  # no monitor thread: the line changes once a round, by update()
+
+    def __init__(self, stream: Any, rounds: int, initial: int, width: int | None):
+        self.logs: dict = {}
+        self.final = False  # the finished line: total time instead of the ETA
         self._width = width
-        self._shown = 0
+        super().__init__(
+            file=stream, total=rounds, initial=initial, unit="round", ncols=self._columns(),
+            ascii=".=",  # "[=====.....]": no partial-block characters
+            leave=True, mininterval=0, miniters=1,  # every round is drawn
+        )
 
-    def show(self, line: Any) -> None:
-        # One column less than the terminal: a line that fills it wraps on some terminals.
-        text = line((self._width or terminal_columns()) - 1)
-        self._stream.write("\r" + text + " " * max(0, self._shown - len(text)))
-        self._stream.flush()
-        self._shown = len(text)
+    def _columns(self) -> int:
+        # kerasfed's width, not tqdm's dynamic_ncols: under `kerasfed launch` stdout is
+        # a pipe and only TERMINAL_COLUMNS_VAR knows the columns. One column less than
+        # the terminal: a line that fills it wraps on some terminals.
+        return (self._width or terminal_columns()) - 1
+
+    @property
+    def format_dict(self) -> dict[str, Any]:
+        meter = super().format_dict
+        meter["ncols"] = self._columns()
+        meter["bar_format"] = self._bar_format(meter)
+        return meter
+
+    def _bar_format(self, meter: dict[str, Any]) -> str:
+        head = f"Round {meter['n']:>{len(str(self.total))}}/{self.total}"
+        fitted = _fit(len(head), self.logs, meter["ncols"], self._timing(meter))
+        line = " ".join(_literal(part) for part in (head, fitted.metrics) if part)
+        if fitted.bar:
+            line += f" [{{bar:{fitted.bar}}}]"  # tqdm draws the bar, this wide
+        if fitted.timing:
+            line += (" " if fitted.bar else "  ") + _literal(fitted.timing)
+        return line
+
+    def _timing(self, meter: dict[str, Any]) -> tuple[str, str]:
+        """``(full, short)`` timing texts from tqdm's measured rate and elapsed time,
+        written short ("5s", "1m05s") so that they fit at 80 columns more often."""
+        rate, elapsed = meter["rate"], meter["elapsed"]
+        if rate is None and elapsed:  # close() asks for the mean rate, as format_meter
+            rate = (meter["n"] - meter["initial"]) / elapsed
+        if not rate:
+            return "", ""
+        if self.final:
+            when = f"{_duration(elapsed)} in all"
+        else:
+            when = f"ETA {_duration((meter['total'] - meter['n']) / rate)}"
+        return f"{1 / rate:.2f}s/round  {when}", when
+
+
+def _literal(text: str) -> str:
+    """``text`` as it reads inside a ``str.format`` template."""
+    return text.replace("{", "{{").replace("}", "}}")
+
+
+class _TerminalDisplay(_Display):
+    """A ``_RoundBar``: tqdm redraws the line with a carriage return."""
+
+    def __init__(self, stream: Any, rounds: int, initial: int, width: int | None):
+        self._bar = _RoundBar(stream, rounds, initial, width)
+
+    def show(self, done: int, logs: dict) -> None:
+        changed = logs != self._bar.logs
+        self._bar.logs = logs
+        if done > self._bar.n:
+            self._bar.update(done - self._bar.n)  # redraws: miniters=1, mininterval=0
+        elif changed:  # (tqdm drew the start when it was made)
+            self._bar.refresh()
+
+    def finish(self, done: int, logs: dict) -> None:
+        self._bar.logs, self._bar.final = logs, True  # drawn by close(), with the total time
+        self._bar.close()
 
     def close(self) -> None:
-        if self._shown:
-            self._stream.write("\n")
-            self._stream.flush()
-            self._shown = 0
+        self._bar.close()  # tqdm leaves the last state and a newline; idempotent
 
 
 class _NotebookDisplay(_Display):
     """One IPython display updated in place: a saved notebook holds its last state."""
 
-    def __init__(self) -> None:
+    def __init__(self, line: Any) -> None:
         from IPython.display import display  # noqa: PLC0415  (only inside a kernel)
 
+        self._line = line  # (done, logs, final) -> str
         self._handle = display({"text/plain": ""}, raw=True, display_id=True)
 
-    def show(self, line: Any) -> None:
-        text = line(None)
+    def show(self, done: int, logs: dict) -> None:
+        self._update(self._line(done, logs, False))
+
+    def finish(self, done: int, logs: dict) -> None:
+        self._update(self._line(done, logs, True))
+
+    def _update(self, text: str) -> None:
         bar = re.match(r"(Round +(\d+)/(\d+))(?: \[[=.]+\])?(.*)", text)
         done, total = (bar.group(2), bar.group(3)) if bar else ("0", "1")
         rich = (f'<progress value="{done}" max="{total}" style="width:12em"></progress> '

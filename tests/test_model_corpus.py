@@ -149,6 +149,67 @@ def _dropout():
     return model, _dense_data()
 
 
+def _sequence_tagging():
+    rng = _rng(8)
+    x = rng.integers(1, 30, (ROWS, 6)).astype("int32")
+    y = rng.integers(0, 3, (ROWS, 6)).astype("int32")  # one class per time step
+    model = keras.Sequential([
+        keras.Input((6,), dtype="int32"), keras.layers.Embedding(30, 4),
+        keras.layers.LSTM(5, return_sequences=True),
+        keras.layers.TimeDistributed(keras.layers.Dense(3, activation="softmax"))])
+    model.compile(optimizer=keras.optimizers.SGD(0.2), loss="sparse_categorical_crossentropy",
+                  metrics=["accuracy"])
+    return model, (x, y)
+
+
+def _hashing_category_encoding():
+    rng = _rng(9)
+    x = rng.integers(0, 1000, (ROWS, 1)).astype("int64")
+    y = rng.integers(0, 2, ROWS).astype("float32")
+    model = keras.Sequential([
+        keras.Input((1,), dtype="int64"), keras.layers.Hashing(num_bins=8),
+        keras.layers.CategoryEncoding(num_tokens=8, output_mode="one_hot"),
+        keras.layers.Dense(1, activation="sigmoid")])
+    model.compile(optimizer=keras.optimizers.SGD(0.3), loss="binary_crossentropy",
+                  metrics=["accuracy"])
+    return model, (x, y)
+
+
+def _mixed_string_and_numeric_inputs():
+    rng = _rng(10)
+    words = np.array(["red", "green", "blue", "cyan"])
+    colour = words[rng.integers(0, 4, ROWS)]
+    size = rng.normal(size=(ROWS, 2)).astype("float32")
+    y = rng.integers(0, 2, ROWS).astype("int32")
+    colour_in = keras.Input((), dtype="string", name="colour")
+    size_in = keras.Input((2,), name="size")
+    lookup = keras.layers.StringLookup(vocabulary=list(words[:3]), output_mode="one_hot")
+    h = keras.layers.Concatenate()([lookup(colour_in), size_in])
+    out = keras.layers.Dense(2, activation="softmax")(h)
+    model = keras.Model({"colour": colour_in, "size": size_in}, out)
+    model.compile(optimizer=keras.optimizers.SGD(0.2), loss="sparse_categorical_crossentropy",
+                  metrics=["accuracy"])
+    return model, ({"colour": colour, "size": size}, y)
+
+
+def _two_heads_dict_with_sample_weights():
+    rng = _rng(11)
+    x = rng.normal(size=(ROWS, 5)).astype("float32")
+    y = {"kind": rng.integers(0, 3, ROWS).astype("int32"),
+         "amount": rng.normal(size=(ROWS, 1)).astype("float32")}
+    w = rng.uniform(0.2, 2.0, ROWS).astype("float32")
+    inputs = keras.Input((5,))
+    h = keras.layers.Dense(6, activation="relu")(inputs)
+    model = keras.Model(inputs, {
+        "kind": keras.layers.Dense(3, activation="softmax", name="kind")(h),
+        "amount": keras.layers.Dense(1, name="amount")(h)})
+    model.compile(optimizer=keras.optimizers.SGD(0.1),
+                  loss={"kind": "sparse_categorical_crossentropy", "amount": "mse"},
+                  loss_weights={"kind": 1.0, "amount": 0.5},
+                  metrics={"kind": ["accuracy"], "amount": ["mae"]})
+    return model, (x, y, w)
+
+
 EXACT = {
     "mlp_sparse": _mlp_sparse,
     "mlp_onehot_adam_logits": _mlp_onehot_adam,
@@ -161,6 +222,10 @@ EXACT = {
     "batchnorm": _batchnorm,
     "custom_loss_function": _custom_loss_function,
     "functional_residual": _functional_residual,
+    "sequence_tagging_lstm": _sequence_tagging,
+    "hashing_category_encoding": _hashing_category_encoding,
+    "mixed_string_and_numeric_inputs": _mixed_string_and_numeric_inputs,
+    "two_heads_dict_sample_weights": _two_heads_dict_with_sample_weights,
 }
 
 
@@ -184,7 +249,14 @@ def test_one_client_round_equals_model_fit(name):
     history = kerasfed.fit_federated(
         model, {"only": data}, rounds=1, local_epochs=2, batch_size=BATCH, shuffle=False,
         engine="native", verbose=0)
-    keras_history = twin.fit(*data, batch_size=BATCH, epochs=2, shuffle=False, verbose=0)
+    x, y, *w = data
+    if KERAS_3:  # Keras 3's fit takes strings as tensors, not numpy arrays (NOTES.md)
+        import tensorflow as tf  # noqa: PLC0415
+
+        x = {k: tf.constant(v) if getattr(v, "dtype", None) is not None and v.dtype.kind == "U"
+             else v for k, v in x.items()} if isinstance(x, dict) else x
+    keras_history = twin.fit(x, y, sample_weight=w[0] if w else None, batch_size=BATCH,
+                             epochs=2, shuffle=False, verbose=0)
     assert _max_diff(history.model.get_weights(), twin.get_weights()) < 1e-5
     # Each training metric Keras reports is reported too (the round's mean over
     # both local epochs, so only its presence and finiteness are compared here).

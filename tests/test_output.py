@@ -17,6 +17,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
+import tqdm
 
 from kerasfed._console import TERMINAL_COLUMNS_VAR, resolve_verbose
 from kerasfed._tf_startup import is_startup_noise, quiet_tensorflow_startup
@@ -150,6 +151,28 @@ def test_terminal_bar_redraws_in_place_within_80_columns():
     for name, value in (("loss", "1.0346"), ("val_loss", "0.9012"), ("val_acc", "0.8511")):
         assert f"{name} {value}" in final, final
     assert final.startswith("Round 3/3") and final.endswith("in all")
+
+
+@pytest.mark.native
+def test_a_wide_terminal_shows_the_full_names_then_tqdms_bar_and_timing():
+    terminal = _FakeTerminal()
+    _train(RoundProgress(1, 3, stream=terminal, width=120), 3)
+    out = terminal.getvalue()
+    assert ANSI not in out and out.endswith("\n") and out.count("\n") == 1
+    frames = [frame.rstrip(" \n") for frame in out.split("\r") if frame]
+    assert all(len(frame) <= 119 for frame in frames)
+    values = "loss 1.0346  accuracy 0.8123  val_loss 0.9012  val_accuracy 0.8511"
+    assert re.fullmatch(r"Round 2/3 .+ \[=+\.+\] \d+\.\d\ds/round  ETA \d+s", frames[2]), frames[2]
+    assert re.fullmatch(rf"Round 3/3 {values} \[=+\] \d+\.\d\ds/round  \d+s in all", frames[-1])
+
+
+@pytest.mark.native
+def test_the_terminal_line_beside_a_users_own_tqdm_bar_uses_no_ansi_codes():
+    with tqdm.tqdm(total=2, file=io.StringIO()):  # e.g. an outer loop over experiments
+        terminal = _FakeTerminal()
+        _train(RoundProgress(1, 3, stream=terminal, width=80), 3)
+    out = terminal.getvalue()
+    assert ANSI not in out and out.startswith("\rRound 0/3") and out.count("\n") == 1
 
 
 @pytest.mark.native

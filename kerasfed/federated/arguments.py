@@ -30,6 +30,7 @@ from kerasfed.federated.aggregators import accounting
 from kerasfed.federated.algorithms import FedSGD, get_algorithm
 from kerasfed.federated.attack import Attack
 from kerasfed.federated.client_optimizers import client_optimizer_from_keras
+from kerasfed.federated.engines.native.forward import keras_inputs
 from kerasfed.federated.clients import ClientData, ClientDataError, as_client_data
 from kerasfed.federated.clients.structure import to_tensors
 from kerasfed.federated.compiled_parts import CompiledParts
@@ -496,7 +497,9 @@ def _label_rule(recipe: ModelRecipe, output_shape: Any) -> tuple[int | None, boo
     kinds = _loss_kinds()
     kind = kinds.get(type(loss)) or kinds.get(fn) or (kinds.get(loss) if callable(loss) else None)
     units = output_shape[-1] if output_shape else None
-    if units is None or kind is None:
+    # Outputs with more than one axis per example (a class per time step, per
+    # pixel) take labels of many shapes; Keras checks those itself.
+    if units is None or kind is None or len(output_shape) > 2:
         return None, None
     if kind == "sparse":
         return units, True
@@ -530,8 +533,9 @@ def _output_shape(model: keras.Model, data: ClientData, layout: OutputLayout) ->
         except (AttributeError, ValueError):
             pass
     x = data[data.client_ids[0]][0]
-    one = to_tensors(tf.nest.map_structure(lambda a: a[:1], x))
-    pred = layout.flatten(model(one, training=False))
+    # Two copies of one example: Keras 2's one-hot lookup layers squeeze a batch of one.
+    one = to_tensors(tf.nest.map_structure(lambda a: np.repeat(a[:1], 2, axis=0), x))
+    pred = layout.flatten(model(keras_inputs(one), training=False))
     if layout.single:
         return (None, *tuple(pred.shape[1:]))
     return tuple((None, *tuple(p.shape[1:])) for p in pred)

@@ -1,9 +1,10 @@
 """What ``fit_federated`` prints: round progress, and none of TensorFlow's chatter.
 
 ``verbose=1`` shows one progress line over the rounds with the latest round's loss
-and metrics: in a terminal it is redrawn in place and always fits the terminal's
-width (the bar goes first, then long metric names are shortened, the timing and at
-last the least important metrics are left out, so the values never get cut); in a
+and metrics: in a terminal it is a tqdm bar, redrawn in place, that always fits the
+terminal's width (the values come before the bar; when they do not fit, the bar goes
+first, then long metric names are shortened, the timing and at last the least
+important metrics are left out, so the values never get cut); in a
 Jupyter notebook it is one display that updates in place (no ipywidgets needed, so
 the saved notebook holds one output, the final state); written to a file or a pipe
 it becomes one line per round, as ``verbose=2``. ``verbose=2`` prints one line per
@@ -123,6 +124,11 @@ class _Fitted:
     def rest(self) -> str:
         return "  ".join(part for part in (self.metrics, self.timing) if part)
 
+    def length(self, head: int) -> int:
+        """Characters of ``round_line``'s "head [bar] rest"."""
+        bar = self.bar + 3 if self.bar else 0  # brackets and a space
+        return head + bar + (len(self.rest) + 1 if self.rest else 0)
+
 
 def _fit(head: int, logs: dict[str, Any], width: int | None, timing: tuple[str, str]) -> _Fitted:
     """Chooses what fits beside a head of ``head`` characters (see ``round_line``).
@@ -137,7 +143,7 @@ def _fit(head: int, logs: dict[str, Any], width: int | None, timing: tuple[str, 
     short = _short_names(names)
     full_timing, short_timing = timing
 
-    def fitted(shown: list[str], rename: dict[str, str] | None, times: str, bar: bool) -> _Fitted | None:
+    def fitted(shown: list[str], rename: dict | None, times: str, bar: bool) -> _Fitted | None:
         text = "  ".join(f"{(rename or {}).get(n, n)} {_value(values[n])}" for n in shown)
         candidate = _Fitted(text, times, 0)
         if bar:
@@ -147,8 +153,7 @@ def _fit(head: int, logs: dict[str, Any], width: int | None, timing: tuple[str, 
             if room < _MIN_BAR:
                 return None
             candidate = dataclasses.replace(candidate, bar=room)
-        length = head + (candidate.bar + 3 if candidate.bar else 0) + (len(candidate.rest) + 1 if candidate.rest else 0)
-        return candidate if width is None or length <= width else None
+        return candidate if width is None or candidate.length(head) <= width else None
 
     candidates = [
         (names, None, full_timing, True),
@@ -312,9 +317,10 @@ class _Display:
 class _RoundBar(tqdm.tqdm):
     """tqdm over rounds whose line is fitted to the width at every redraw.
 
-    tqdm measures the rate and draws (``\\r`` and spaces; no ANSI codes while it is
-    the only bar); ``format_dict`` picks what of ``logs`` and the timing fits, by
-    ``_fit``, and writes it into ``bar_format``, values before the bar.
+    tqdm measures the rate and redraws the line (a carriage return, then spaces over
+    what is left of the longer line before; no ANSI codes at position 0). At each
+    redraw ``format_dict`` picks, by ``_fit``, what of ``logs`` and the timing fits the
+    width and writes it into ``bar_format``: the values first, then the bar.
     """
 
     monitor_interval = 0  # no monitor thread: the line changes once a round, by update()
@@ -327,6 +333,9 @@ class _RoundBar(tqdm.tqdm):
             file=stream, total=rounds, initial=initial, unit="round", ncols=self._columns(),
             ascii=".=",  # "[=====.....]": no partial-block characters
             leave=True, mininterval=0, miniters=1,  # every round is drawn
+            # Line 0 even beside a user's own tqdm bar (an outer loop): tqdm moves the
+            # cursor to a nested bar's line with ANSI codes, raw text in a launcher's relay.
+            position=0,
         )
 
     def _columns(self) -> int:

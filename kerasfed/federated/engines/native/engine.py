@@ -509,7 +509,7 @@ class NativeEngine(Engine):
 
     # -- evaluation ---------------------------------------------------------------
     def _evaluate_batch_fn(self, x, y, w=None):
-        pred = self._flatten(self._model(x, training=False))
+        pred = self._flatten(self._model(fwd.keras_inputs(x), training=False))
         if not tf.nest.is_nested(y):
             y = fwd.match_rank(y, pred)
         per = self._loss(y, pred, sample_weight=w)

@@ -83,6 +83,11 @@ def batch_loss_fn(loss: Any) -> Callable[..., tuple[tf.Tensor, tf.Tensor]]:
         if not tf.nest.is_nested(y_true):
             y_true = match_rank(y_true, y_pred)
         weight = mask if sw is None else mask * sw
+        if not tf.nest.is_nested(y_pred) and y_pred.shape.rank is not None and y_pred.shape.rank > 2:
+            # A loss per time step ([B, T] from [B, T, C]): the row weights as [B, 1], so
+            # that no broadcast is left to Keras (its gradient fails on a [B] weight
+            # inside the sequential form's loop).
+            weight = tf.reshape(weight, [-1] + [1] * (y_pred.shape.rank - 2))
         values = loss(y_true, y_pred, sample_weight=weight)
         first = tf.nest.flatten(y_pred)[0]
         elements = tf.cast(tf.size(values), values.dtype) / tf.cast(
@@ -156,7 +161,7 @@ class StatelessForward:
             reg = tf.add_n(losses) if losses else tf.zeros((), dtype)
             return pred, list(new_state), reg
         with _pointed_at(self._slots, [*params, *state]):
-            pred = self._flatten(self.model(x, training=training))
+            pred = self._flatten(self.model(keras_inputs(x), training=training))
         return pred, list(state), tf.zeros((), tf.nest.flatten(pred)[0].dtype)
 
 
@@ -180,7 +185,7 @@ class VariableForward:
         self.assign(params, state)
         count = tf.reduce_sum(mask)
         with tf.GradientTape() as tape:
-            pred = self._flatten(self.model(x, training=True))
+            pred = self._flatten(self.model(keras_inputs(x), training=True))
             loss_sum, elements = self._loss(y, pred, mask, sw)
             loss = loss_sum / (tf.maximum(count, 1.0) * elements)
             if self.model.losses:
@@ -190,6 +195,16 @@ class VariableForward:
         )
         new_state = [tf.identity(v) for v in self.non_trainable]
         return _dense(grads), new_state, loss_sum, elements, pred
+
+
+def keras_inputs(x: Any) -> Any:
+    """``x`` as the model sees it in ``Model.fit``: Keras 2's fit turns every rank-1
+    input ([B], one scalar per example) into [B, 1] (``data_adapter.expand_1d``);
+    Keras 3's does not."""
+    if KERAS_3:
+        return x
+    return tf.nest.map_structure(
+        lambda t: tf.expand_dims(t, -1) if t.shape.rank == 1 else t, x)
 
 
 def _dense(grads) -> list[tf.Tensor]:

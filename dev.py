@@ -116,8 +116,9 @@ def test(args: list[str]) -> int:
     would slow them down as much as they gain); KERASFED_SKIP_PACKAGING=1 leaves them out.
     """
     suites = [
-        ("tf2.14", [ensure_env("default"), "-m", "pytest", *args]),
-        ("tf2.21", [ensure_env("latest"), "-m", "pytest", "-m",
+        # --durations: the slowest tests in every run's output, where CI time goes.
+        ("tf2.14", [ensure_env("default"), "-m", "pytest", "--durations=15", *args]),
+        ("tf2.21", [ensure_env("latest"), "-m", "pytest", "--durations=15", "-m",
                     "distributed or native or install", *args]),
     ]
     if os.environ.get("KERASFED_TEST_SERIAL"):

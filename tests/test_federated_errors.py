@@ -147,8 +147,13 @@ def test_model_with_two_outputs():
     inputs = keras.Input((4,))
     model = keras.Model(inputs, [keras.layers.Dense(3)(inputs), keras.layers.Dense(1)(inputs)])
     model.compile("sgd", loss=["sparse_categorical_crossentropy", "mse"])
-    with pytest.raises(ModelError, match="has several outputs"):
+    # One label array for two outputs: the message says how to give one per output.
+    with pytest.raises(ClientDataError, match=r"the model has 2 outputs .* Pass a list of 2 "
+                                              r"label arrays \(in that order\) or a dict"):
         _fit(model=model)
+    # The TFF engine takes one output; it names the engine that takes several.
+    with pytest.raises(ModelError, match="engine='native'"):
+        _fit(model=model, engine="tff")
 
 
 def test_subclassed_model_without_config():
@@ -225,8 +230,15 @@ def test_sparse_labels_for_a_categorical_loss():
 def test_validation_data_not_a_pair():
     with pytest.raises(FederatedArgumentTypeError, match=r"`validation_data` to be a tuple \(x_val, y_val\)"):
         _fit(validation_data=np.zeros((3, 4)))
-    with pytest.raises(FederatedArgumentTypeError, match="tuple of length 3"):
-        _fit(validation_data=(np.zeros((3, 4)), np.zeros(3), np.ones(3)))
+    with pytest.raises(FederatedArgumentTypeError, match="tuple of length 4"):
+        _fit(validation_data=(np.zeros((3, 4)), np.zeros(3), np.ones(3), np.ones(3)))
+
+
+def test_weighted_validation_data_runs_on_native_and_is_refused_by_tff():
+    weighted = (np.zeros((3, 4), np.float32), np.zeros(3, np.int64), np.ones(3, np.float32))
+    assert _fit(validation_data=weighted).params["engine"] == "native"  # "auto" picks it
+    with pytest.raises(FederatedArgumentError, match="sample weights.*engine='native'"):
+        _fit(validation_data=weighted, engine="tff")
 
 
 def test_validation_data_with_bad_labels_or_shapes():

@@ -158,6 +158,10 @@ def check_arguments(model: Any, clients: Any, **args: Any) -> Plan:
             engine = "native"
         else:
             _refuse_on_tff(client_data, "clients")
+    if engine == "tff" and auto and (
+            _native_only(args["evaluation_clients"], "evaluation_clients")
+            or _native_only(args["validation_data"], "validation_data")):
+        engine = "native"
     client_data = _canonical_clients(client_data, layout, "clients")
     output_shape = _output_shape(model, client_data, layout)
     num_classes, sparse = _label_rule(recipe, output_shape) if layout.single else (None, None)
@@ -422,6 +426,23 @@ def _has_several_inputs_or_outputs(model: keras.Model) -> bool:
 
 def _needs_native(data: ClientData) -> bool:
     return data.structured or data.has_sample_weights or data.has_strings
+
+
+def _native_only(value: Any, what: str) -> bool:
+    """Whether evaluation data holds what only the native engine takes (for
+    ``engine="auto"``); data that does not convert is left to its full check."""
+    if value is None:
+        return False
+    try:
+        if what != "validation_data":
+            return _needs_native(as_client_data(value, what=what))
+        if isinstance(value, tf.data.Dataset):
+            value = as_client_data({what: value})[what]
+        if not isinstance(value, (tuple, list)) or len(value) not in (2, 3):
+            return False
+        return _needs_native(ClientData({what: tuple(value)}))
+    except (ValueError, TypeError):  # the family's classes derive from these
+        return False
 
 
 def _refuse_on_tff(data: ClientData, what: str) -> None:

@@ -30,10 +30,13 @@ QUIET_LOG_LEVEL = "2"
 
 # The prefixes of TensorFlow's native logger ("2026-01-01 12:00:00.123456: E
 # tensorflow/...cc:12] ") and of absl ("E0000 00:00:1796650656.595701   12349 file.cc:52] ").
+# The severity letter is captured (one group per form).
 NATIVE_PREFIX = (
-    r"(?:\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d+: [IWEF] \S+:\d+\] "
-    r"|[IWEF]\d{4} \d\d:\d\d:\d+\.\d+ +\d+ \S+:\d+\] )"
+    r"(?:\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d+: ([IWEF]) \S+:\d+\] "
+    r"|([IWEF])\d{4} \d\d:\d\d:\d+\.\d+ +\d+ \S+:\d+\] )"
 )
+_NATIVE_LINE = re.compile(rf"^{NATIVE_PREFIX}".encode())
+_SEVERITY = {b"I": 0, b"W": 1, b"E": 2, b"F": 3}
 # The messages themselves, each as TensorFlow writes it at start-up.
 _NOISE_MESSAGES = (
     r"WARNING: All log messages before absl::InitializeLog\(\) is called are written to STDERR",
@@ -49,6 +52,12 @@ _NOISE_MESSAGES = (
 _NOISE_LINE = re.compile(
     rf"^{NATIVE_PREFIX}?(?:{'|'.join(_NOISE_MESSAGES)})".encode()
 )
+
+
+def native_severity(line: bytes) -> int | None:
+    """0-3 (INFO to FATAL) for a line of TensorFlow's native or absl logger, else None."""
+    match = _NATIVE_LINE.match(line)
+    return None if match is None else _SEVERITY[match.group(1) or match.group(2)]
 
 
 def is_startup_noise(line: bytes) -> bool:

@@ -237,6 +237,7 @@ def test_validation_data_not_a_pair():
 def test_weighted_validation_data_runs_on_native_and_is_refused_by_tff():
     weighted = (np.zeros((3, 4), np.float32), np.zeros(3, np.int64), np.ones(3, np.float32))
     assert _fit(validation_data=weighted).params["engine"] == "native"  # "auto" picks it
+    assert _fit(evaluation_clients={"e": weighted}).params["engine"] == "native"
     with pytest.raises(FederatedArgumentError, match="sample weights.*engine='native'"):
         _fit(validation_data=weighted, engine="tff")
 

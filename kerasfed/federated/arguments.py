@@ -158,9 +158,11 @@ def check_arguments(model: Any, clients: Any, **args: Any) -> Plan:
             engine = "native"
         else:
             _refuse_on_tff(client_data, "clients")
+    eval_data = (None if args["evaluation_clients"] is None else
+                 as_client_data(args["evaluation_clients"], what="evaluation_clients"))
     if engine == "tff" and auto and (
-            _native_only(args["evaluation_clients"], "evaluation_clients")
-            or _native_only(args["validation_data"], "validation_data")):
+            (eval_data is not None and _needs_native(eval_data))
+            or _validation_needs_native(args["validation_data"])):
         engine = "native"
     client_data = _canonical_clients(client_data, layout, "clients")
     output_shape = _output_shape(model, client_data, layout)
@@ -189,8 +191,8 @@ def check_arguments(model: Any, clients: Any, **args: Any) -> Plan:
     client_data.validate(**rules)
 
     eval_clients = None
-    if args["evaluation_clients"] is not None:
-        eval_clients = as_client_data(args["evaluation_clients"], what="evaluation_clients")
+    if eval_data is not None:
+        eval_clients = eval_data
         if engine == "tff" and _needs_native(eval_clients):
             _refuse_on_tff(eval_clients, "evaluation_clients")
         eval_clients = _canonical_clients(eval_clients, layout, "evaluation_clients")
@@ -428,19 +430,15 @@ def _needs_native(data: ClientData) -> bool:
     return data.structured or data.has_sample_weights or data.has_strings
 
 
-def _native_only(value: Any, what: str) -> bool:
-    """Whether evaluation data holds what only the native engine takes (for
+def _validation_needs_native(value: Any) -> bool:
+    """Whether ``validation_data`` holds what only the native engine takes (for
     ``engine="auto"``); data that does not convert is left to its full check."""
-    if value is None:
+    if value is None or isinstance(value, tf.data.Dataset):  # a dataset: checked later
+        return False
+    if not isinstance(value, (tuple, list)) or len(value) not in (2, 3):
         return False
     try:
-        if what != "validation_data":
-            return _needs_native(as_client_data(value, what=what))
-        if isinstance(value, tf.data.Dataset):
-            value = as_client_data({what: value})[what]
-        if not isinstance(value, (tuple, list)) or len(value) not in (2, 3):
-            return False
-        return _needs_native(ClientData({what: tuple(value)}))
+        return _needs_native(ClientData({"validation_data": tuple(value)}))
     except (ValueError, TypeError):  # the family's classes derive from these
         return False
 

@@ -41,7 +41,9 @@ import tqdm
 
 from kerasfed._compat import keras
 from kerasfed._console import in_notebook, is_interactive, resolve_verbose, terminal_columns
-from kerasfed._tf_startup import filtered_stderr, is_startup_noise, user_sets_log_level
+from kerasfed._tf_startup import (
+    filtered_stderr, is_startup_noise, native_severity, user_sets_log_level,
+)
 
 __all__ = ["RoundProgress", "format_logs", "quiet_tensorflow", "resolve_verbose", "round_line"]
 
@@ -426,16 +428,6 @@ class _NotebookDisplay(_Display):
         self._handle.update({"text/plain": text, "text/html": rich}, raw=True)
 
 
-# "2026-01-01 12:00:00.123456: I tensorflow/core/...] message" (TensorFlow's native
-# logger) and "I0101 12:00:00.123456 1234 file.cc:12] message" (absl / gRPC; TF 2.21
-# writes "I0000 00:00:1796650656.595701 ...", seconds since 1970 in the seconds' place).
-_NATIVE_LOG_LINE = re.compile(
-    rb"^(?:\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d+: ([IWEF]) \S+:\d+\]"
-    rb"|([IWEF])\d{4} \d\d:\d\d:\d+\.\d+ +\d+ \S+:\d+\])"
-)
-_SEVERITY = {b"I": 0, b"W": 1, b"E": 2, b"F": 3}
-
-
 @contextlib.contextmanager
 def quiet_tensorflow() -> Iterator[None]:
     """Keeps TensorFlow's and TFF's logs and warnings out of the output (see above)."""
@@ -474,7 +466,5 @@ def _native_logs_filtered() -> Iterator[None]:
 
 
 def _below(line: bytes, threshold: int) -> bool:
-    match = _NATIVE_LOG_LINE.match(line)
-    if match is None:
-        return False
-    return _SEVERITY[match.group(1) or match.group(2)] < threshold
+    severity = native_severity(line)
+    return severity is not None and severity < threshold

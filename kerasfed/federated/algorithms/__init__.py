@@ -8,7 +8,11 @@ name                        value
 ``"fedsgd"``                ``FedSGD()`` (McMahan et al. 2017)
 ``"fedprox"``               ``FedProx(mu=0.01)`` (Li et al. 2020)
 ``"mime"``                  ``MimeLite()`` (Karimireddy et al. 2021)
+``"scaffold"``              ``Scaffold()`` (Karimireddy et al. 2020)
 ==========================  =================================================
+
+Any other ``Algorithm`` subclass runs too (on the native engine): see
+``_base.py`` for the pieces an algorithm is made of.
 
 Example:
   >>> get_algorithm("fedprox")
@@ -22,11 +26,19 @@ from __future__ import annotations
 import functools
 from typing import Callable, Union
 
-from kerasfed.federated.algorithms._base import Algorithm, AlgorithmError, AlgorithmTypeError
+from kerasfed.federated.algorithms._base import (
+    Algorithm,
+    AlgorithmError,
+    AlgorithmTypeError,
+    ClientContext,
+    ClientOutput,
+    ServerContext,
+)
 from kerasfed.federated.algorithms.fedavg import FedAvg
 from kerasfed.federated.algorithms.fedprox import FedProx
 from kerasfed.federated.algorithms.fedsgd import FedSGD
 from kerasfed.federated.algorithms.mime import MimeLite
+from kerasfed.federated.algorithms.scaffold import Scaffold
 
 _REGISTRY: dict[str, Callable[[], Algorithm]] = {
     "fedavg": FedAvg,
@@ -34,7 +46,10 @@ _REGISTRY: dict[str, Callable[[], Algorithm]] = {
     "fedsgd": FedSGD,
     "fedprox": FedProx,
     "mime": MimeLite,
+    "scaffold": Scaffold,
 }
+#: The algorithms both engines run (the TFF engine translates these, and only these).
+BUILT_IN = (FedAvg, FedProx, FedSGD, MimeLite)
 ALGORITHM_NAMES: tuple[str, ...] = tuple(_REGISTRY)
 
 AlgorithmLike = Union[str, Algorithm]
@@ -64,7 +79,8 @@ def get_algorithm(spec: AlgorithmLike) -> Algorithm:
         return make()
     raise AlgorithmTypeError(
         f"Expected `algorithm` to be a name in {list(ALGORITHM_NAMES)} or an Algorithm "
-        f"(FedAvg, FedProx, FedSGD, MimeLite). Received: algorithm={spec!r} of type "
+        f"(FedAvg, FedProx, FedSGD, MimeLite, Scaffold, or a subclass of "
+        f"kerasfed.Algorithm). Received: algorithm={spec!r} of type "
         f"{type(spec).__name__}."
     )
 
@@ -75,9 +91,14 @@ __all__ = [
     "AlgorithmError",
     "AlgorithmLike",
     "AlgorithmTypeError",
+    "BUILT_IN",
+    "ClientContext",
+    "ClientOutput",
     "FedAvg",
     "FedProx",
     "FedSGD",
     "MimeLite",
+    "Scaffold",
+    "ServerContext",
     "get_algorithm",
 ]

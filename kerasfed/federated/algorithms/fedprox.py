@@ -17,11 +17,15 @@ with the client optimizer wrapped to add the term.
 from __future__ import annotations
 
 import dataclasses
-import math
-import numbers
 import warnings
 
-from kerasfed.federated.algorithms._base import Algorithm, AlgorithmError, AlgorithmTypeError, check_bool
+from kerasfed.federated.algorithms._base import (
+    Algorithm,
+    ClientContext,
+    Tensors,
+    check_bool,
+    check_non_negative,
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -41,18 +45,10 @@ class FedProx(Algorithm):
     weighted: bool = True
 
     def __post_init__(self) -> None:
-        if isinstance(self.mu, bool) or not isinstance(self.mu, numbers.Real):
-            raise AlgorithmTypeError(
-                f"Expected `mu` of FedProx to be a float >= 0. Received: mu={self.mu!r} "
-                f"of type {type(self.mu).__name__}."
-            )
-        if not (math.isfinite(self.mu) and self.mu >= 0):
-            raise AlgorithmError(
-                f"Expected `mu` of FedProx to be a finite float >= 0. Received: "
-                f"mu={self.mu!r}. Li et al. use values in {{0.001, 0.01, 0.1, 1}}."
-            )
+        mu = check_non_negative("FedProx", "mu", self.mu,
+                                "Li et al. use values in {0.001, 0.01, 0.1, 1}.")
         check_bool("FedProx", "weighted", self.weighted)
-        object.__setattr__(self, "mu", float(self.mu))
+        object.__setattr__(self, "mu", mu)
         if self.mu == 0:
             warnings.warn(
                 "FedProx with mu=0.0 has no proximal term: it is FedAvg. Pass mu > 0 "
@@ -65,3 +61,17 @@ class FedProx(Algorithm):
     @property
     def name(self) -> str:
         return "fedprox" if self.weighted else "fedprox_unweighted"
+
+    def broadcast(self, state: dict) -> dict:
+        # mu travels to the clients with the weights (TFF counts it in the payload).
+        import tensorflow as tf  # noqa: PLC0415
+
+        return {"mu": tf.constant(self.mu, tf.float32)}
+
+    def correct_gradient(self, ctx: ClientContext, weights: Tensors, grads: Tensors) -> Tensors:
+        # The gradient of mu/2 * ||w - w_t||^2 added to the loss's.
+        import tensorflow as tf  # noqa: PLC0415
+
+        mu = ctx.server["mu"]
+        return [g + tf.cast(mu, g.dtype) * (w - w0)
+                for g, w, w0 in zip(grads, weights, ctx.broadcast_weights)]

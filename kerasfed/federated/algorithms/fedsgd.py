@@ -20,7 +20,13 @@ from __future__ import annotations
 import dataclasses
 from typing import ClassVar
 
-from kerasfed.federated.algorithms._base import Algorithm
+from kerasfed.federated.algorithms._base import (
+    Algorithm,
+    ClientContext,
+    ClientOutput,
+    ServerContext,
+    Tensors,
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -33,7 +39,18 @@ class FedSGD(Algorithm):
     """
 
     uses_client_optimizer: ClassVar[bool] = False
+    trains_locally: ClassVar[bool] = False
+    needs_full_gradient: ClassVar[bool] = True
+    counts_non_finite_clients: ClassVar[bool] = True  # as TFF's fed_sgd client work
 
     @property
     def name(self) -> str:
         return "fedsgd"
+
+    def client_end(self, ctx: ClientContext, weights: Tensors) -> ClientOutput:
+        return ClientOutput(update=list(ctx.full_gradient))
+
+    def server_update(self, ctx: ServerContext) -> tuple[Tensors, dict]:
+        # The mean gradient is the server optimizer's gradient as it is.
+        state, weights = ctx.optimizer.step(ctx.optimizer_state, ctx.weights, ctx.update)
+        return weights, state

@@ -30,8 +30,17 @@ How kerasfed maps its arguments (``tff.learning.algorithms.build_weighted_mime_l
 from __future__ import annotations
 
 import dataclasses
+from typing import Any, ClassVar
 
-from kerasfed.federated.algorithms._base import Algorithm, check_bool
+from kerasfed.federated.algorithms._base import (
+    Algorithm,
+    ClientContext,
+    ClientOutput,
+    ServerContext,
+    Tensors,
+    check_bool,
+    zeros_like,
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -49,9 +58,34 @@ class MimeLite(Algorithm):
 
     weighted: bool = True
 
+    needs_full_gradient: ClassVar[bool] = True
+    counts_non_finite_clients: ClassVar[bool] = True  # as TFF's mime client work
+
     def __post_init__(self) -> None:
         check_bool("MimeLite", "weighted", self.weighted)
 
     @property
     def name(self) -> str:
         return "mime" if self.weighted else "mime_unweighted"
+
+    def server_init(self, weights: Tensors, client_optimizer: Any) -> dict:
+        # The global optimizer state, slots named as TFF's (a checkpoint of either
+        # engine resumes on the other).
+        return client_optimizer.init(weights)
+
+    def local_step(self, ctx: ClientContext, weights: Tensors, grads: Tensors, optimizer: Any,
+                   optimizer_state: dict) -> tuple[Tensors, dict]:
+        # The step uses the frozen global state; the client's own is never advanced.
+        _, weights = optimizer.step(ctx.server, weights, grads)
+        return weights, optimizer_state
+
+    def client_end(self, ctx: ClientContext, weights: Tensors) -> ClientOutput:
+        out = super().client_end(ctx, weights)
+        return out._replace(extras={"full_gradient": list(ctx.full_gradient)})
+
+    def server_state_update(self, ctx: ServerContext) -> dict:
+        # The global state advances with the mean full gradient every round (TFF
+        # does so without checking it is finite).
+        state, _ = ctx.client_optimizer.step(ctx.state, zeros_like(ctx.weights),
+                                             ctx.means["full_gradient"])
+        return state

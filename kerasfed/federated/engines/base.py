@@ -54,6 +54,9 @@ class RoundResult:
         (``clip_norm``, ``clipped_fraction``, ``noise_std``, ...).
       skipped: Why the global weights were kept without an update (too few
         clients for the combiner), or None.
+      participants: The ids of the clients whose updates were aggregated (after
+        those left out as non-finite), or None when the engine cannot tell
+        (``fit_federated`` then reports the round's clients).
     """
 
     metrics: dict[str, float]
@@ -61,6 +64,7 @@ class RoundResult:
     update_non_finite: bool
     aggregation: dict[str, float] = dataclasses.field(default_factory=dict)
     skipped: str | None = None
+    participants: list[str] | None = None
 
 
 @dataclasses.dataclass
@@ -96,7 +100,8 @@ class EngineSetup:
       algorithm: An ``Algorithm`` settings value.
       client_optimizer: A ``ClientOptimizerSpec``, or None when unused (FedSGD).
       server_optimizer: A ``ServerOptimizer`` settings value.
-      server_learning_rate: Its learning rate.
+      server_learning_rate: Its learning rate by round (a ``RoundSchedule`` of
+        ``learning_rates.py``: ``setup.server_learning_rate(round_num)``).
       batch_size: The clients' batch size.
       element_spec: ``(x, y)`` ``tf.TensorSpec`` of a batch (structures of them;
         ``(x, y, sample_weight)`` for clients with sample weights).
@@ -112,6 +117,13 @@ class EngineSetup:
       expected_clients: Clients a round is meant to have (DP's denominator).
       replicas: The ``Replicas`` a round's clients are divided among (native
         engine; None: this process alone).
+      num_clients: Clients in the federation (SCAFFOLD's ``N``), or None (then
+        ``expected_clients``).
+      client_states: The run's ``ClientStateStore`` (per-client state of the
+        algorithm and the aggregators), or None (the engine keeps its own).
+      client_learning_rate: The clients' learning rate by round (a
+        ``RoundSchedule``), overriding ``client_optimizer.learning_rate`` (whose
+        other settings stay), or None: the compiled optimizer's rate.
     """
 
     model: Any
@@ -120,7 +132,7 @@ class EngineSetup:
     algorithm: Any
     client_optimizer: Any
     server_optimizer: Any
-    server_learning_rate: float
+    server_learning_rate: Any  # learning_rates.RoundSchedule
     batch_size: int
     element_spec: tuple
     federated_evaluation: bool
@@ -134,6 +146,9 @@ class EngineSetup:
     expected_clients: int = 1
     replicas: Any = None
     layout: Any = None
+    client_learning_rate: Any = None  # learning_rates.RoundSchedule | None
+    num_clients: int | None = None
+    client_states: Any = None  # client_state.ClientStateStore | None
 
 
 class Engine(abc.ABC):

@@ -13,22 +13,25 @@ Two forms, the same result:
   form for models whose forward pass cannot be made stateless or whose layers
   mix the examples of a batch (BatchNormalization).
 
-What a client does is the algorithm's (``kind``):
+What a client does is the algorithm's (``algorithms._base``), called here with
+one client's tensors in either form: an optional pass computing the full
+gradient at the broadcast weights (FedSGD, Mime-lite), the local steps
+(``Algorithm.local_step``) and the client's end (``Algorithm.client_end``). The
+algorithm never sees the client axis, the padding or the masks.
 
-* ``"train"`` (FedAvg, FedProx): local steps with the client rule; FedProx adds
-  ``mu * (w - w_global)`` to each gradient. Returns ``w - w_global``.
-* ``"gradient"`` (FedSGD): the gradient of the client's mean loss at the global
-  weights, the batches' gradients weighted by their sizes. Returns it.
-* ``"mime"`` (Mime-lite): that full gradient, then local steps with the client
-  rule applied with the *frozen* global optimizer state. Returns both.
+The compiled function returns, per client (a leading axis): ``update``,
+``client_state`` and ``extras`` (``ClientOutput``'s fields), the model's
+non-trainable ``state``, ``loss_sum`` and ``examples``.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import tensorflow as tf
 
+from kerasfed.federated.algorithms import Algorithm, ClientContext
 from kerasfed.federated.output_parts import update_metrics
 
 
@@ -38,21 +41,20 @@ class ClientWork:
     Args:
       forward: A ``StatelessForward`` (both forms) or ``VariableForward``
         (sequential only).
-      rule: The client update rule (``optimizers.Rule``), or None for FedSGD.
-      kind: ``"train"``, ``"gradient"`` or ``"mime"``.
-      mu: FedProx's proximal strength (0 for none).
+      rule: The client update rule (``optimizers.Rule``), or None (FedSGD); its
+        learning rate is replaced by the round's (an argument of ``run``).
+      algorithm: The ``Algorithm``.
       metrics: The round's Keras metric objects, updated in place.
       lockstep: Which form.
       jit_compile: Compile with XLA.
       in_flight: Clients the sequential form trains side by side.
     """
 
-    def __init__(self, forward, rule, *, kind: str, mu: float, metrics: list, lockstep: bool,
+    def __init__(self, forward, rule, *, algorithm: Algorithm, metrics: list, lockstep: bool,
                  jit_compile: bool, in_flight: int = 1):
         self.forward = forward
         self.rule = rule
-        self.kind = kind
-        self.mu = mu
+        self.algorithm = algorithm
         self.metrics = metrics
         self.lockstep = lockstep
         # Clients the sequential form trains at the same time (it needs a
@@ -61,20 +63,30 @@ class ClientWork:
         body = self._lockstep if lockstep else self._sequential
         self.run = tf.function(body, jit_compile=jit_compile, reduce_retracing=True)
 
-    # -- metrics ---------------------------------------------------------------------
+    def _rule_at(self, learning_rate):
+        # The rate is an argument of the compiled function, so a rate that changes
+        # by round does not retrace it.
+        if self.rule is None:
+            return None
+        return dataclasses.replace(self.rule, learning_rate=learning_rate)
+
     def _update_metrics(self, y, pred, weight, sw=None):
         update_metrics(self.metrics, y, pred, weight, sw)
 
     # -- lockstep --------------------------------------------------------------------
-    def _lockstep(self, x, y, w, batches, counts, metric_mask, params, state, global_opt):
+    def _lockstep(self, x, y, w, batches, counts, metric_mask, params, state, server,
+                  client_states, learning_rate):
         # x and y may be structures (several inputs / outputs); w (sample weights,
         # [C, rows]) may be None.
+        alg = self.algorithm
+        rule = self._rule_at(learning_rate)
         num = tf.shape(tf.nest.flatten(x)[0])[0]
         tile = lambda t: tf.repeat(tf.expand_dims(t, 0), num, axis=0)  # noqa: E731
         params0 = [tile(p) for p in params]
         state0 = [tile(s) for s in state]
         zeros = tf.zeros([num], tf.float32)
-        out: dict[str, Any] = {}
+        local_steps = tf.reduce_sum(tf.cast(counts > 0, tf.float32), axis=1)
+        examples = tf.reduce_sum(counts, axis=1)
 
         def gather(step):
             idx = batches[:, step]
@@ -94,18 +106,23 @@ class ClientWork:
         def batch_args(xb, yb, mask, wb):
             return (xb, yb, mask) if wb is None else (xb, yb, mask, wb)
 
+        def context(cs, k, n, full):
+            return ClientContext(broadcast_weights=params, server=server, state=list(cs),
+                                 learning_rate=learning_rate, local_steps=k, examples=n,
+                                 full_gradient=None if full is None else list(full))
+
         steps = tf.shape(batches)[1]
-        if self.kind in ("gradient", "mime"):
+        loss_sum = zeros
+        st = state0
+        full = None
+        if alg.needs_full_gradient or not alg.trains_locally:
             def grad_one(args):
-                p, st, *data = args
-                grads, new_st, loss_sum, elements, pred = self.forward.loss_and_grads(
-                    p, st, *data)
-                mask = data[2]
-                count = tf.reduce_sum(mask)
-                return [g * count for g in grads], new_st, loss_sum / elements, pred
+                p, s, *data = args
+                grads, new_s, ls, elements, pred = self.forward.loss_and_grads(p, s, *data)
+                count = tf.reduce_sum(data[2])
+                return [g * count for g in grads], new_s, ls / elements, pred
 
             acc = [tf.zeros_like(p) for p in params0]
-            st, loss_sum, seen = state0, zeros, zeros
             for s in tf.range(steps):
                 xb, yb, mask, wb = gather(s)
                 g, new_st, ls, pred = tf.vectorized_map(
@@ -114,69 +131,86 @@ class ClientWork:
                 active = counts[:, s] > 0
                 acc = [a + gi for a, gi in zip(acc, g)]
                 st = [tf.where(_bcast(active, n), n, o) for n, o in zip(new_st, st)]
-                if self.kind == "gradient":  # FedSGD's metrics: the batches at w_global
+                if not alg.trains_locally:  # the metrics are those of the batches at w_t
                     loss_sum += ls
                     self._update_metrics(flat(yb), flat(pred),
                                          flat(mask * metric_mask[:, None]), flat(wb))
-                seen += counts[:, s]
-            denom = tf.maximum(seen, 1.0)
-            out["gradient"] = [a / _bcast(denom, a) for a in acc]
-            out["state"] = st
-            if self.kind == "gradient":
-                out["loss_sum"], out["examples"] = loss_sum, seen
-                return out
+            denom = tf.maximum(examples, 1.0)
+            full = [a / _bcast(denom, a) for a in acc]
 
-        rule, mu, mime = self.rule, self.mu, self.kind == "mime"
+        p = params0
+        if alg.trains_locally:
+            # The training pass starts from the round's non-trainable state again.
+            st = state0
+            full_args = [] if full is None else full
 
-        def train_one(args):
-            p, st, opt, *data = args
-            grads, new_st, loss_sum, elements, pred = self.forward.loss_and_grads(
-                p, st, *data)
-            if mu:
-                grads = [g + mu * (w - w0) for g, w, w0 in zip(grads, p, params)]
-            if mime:  # the frozen global state: the client's own is never advanced
-                _, new_p = rule.step(global_opt, p, grads)
-                new_opt = opt
-            else:
-                new_opt, new_p = rule.step(opt, p, grads)
-            return new_p, new_st, new_opt, loss_sum / elements, pred
+            def train_one(args):
+                p, s, opt, cs, full_c, k, n, *data = args
+                grads, new_s, ls, elements, pred = self.forward.loss_and_grads(p, s, *data)
+                ctx = context(cs, k, n, full_c if full is not None else None)
+                new_p, new_opt = alg.local_step(ctx, p, grads, rule, opt)
+                return new_p, new_s, new_opt, ls / elements, pred
 
-        p, st = params0, state0
-        opt = tf.nest.map_structure(tile, rule.init(params)) if not mime else tf.zeros([num])
-        loss_sum, seen = zeros, zeros
-        for s in tf.range(steps):
-            xb, yb, mask, wb = gather(s)
-            new_p, new_st, new_opt, ls, pred = tf.vectorized_map(
-                train_one, (p, st, opt, *batch_args(xb, yb, mask, wb)),
-                fallback_to_while_loop=False)
-            active = counts[:, s] > 0
-            p = [tf.where(_bcast(active, n), n, o) for n, o in zip(new_p, p)]
-            st = [tf.where(_bcast(active, n), n, o) for n, o in zip(new_st, st)]
-            opt = tf.nest.map_structure(lambda n, o: tf.where(_bcast(active, n), n, o), new_opt, opt)
-            loss_sum += ls
-            seen += counts[:, s]
-            self._update_metrics(flat(yb), flat(pred), flat(mask * metric_mask[:, None]),
-                                 flat(wb))
-        out["delta"] = [a - tile(b) for a, b in zip(p, params)]
-        out["state"] = st
-        out["loss_sum"], out["examples"] = loss_sum, seen
-        return out
+            opt = tf.nest.map_structure(tile, rule.init(params)) if rule is not None else {}
+            for s in tf.range(steps):
+                xb, yb, mask, wb = gather(s)
+                new_p, new_st, new_opt, ls, pred = tf.vectorized_map(
+                    train_one, (p, st, opt, client_states, full_args, local_steps, examples,
+                                *batch_args(xb, yb, mask, wb)),
+                    fallback_to_while_loop=False)
+                active = counts[:, s] > 0
+                keep = lambda n, o: tf.where(_bcast(active, n), n, o)  # noqa: E731
+                p = [keep(n, o) for n, o in zip(new_p, p)]
+                st = [keep(n, o) for n, o in zip(new_st, st)]
+                opt = tf.nest.map_structure(keep, new_opt, opt)
+                loss_sum += ls
+                self._update_metrics(flat(yb), flat(pred), flat(mask * metric_mask[:, None]),
+                                     flat(wb))
+
+        def end_one(args):
+            p_c, cs, full_c, k, n = args
+            out = alg.client_end(context(cs, k, n, full_c if full is not None else None), p_c)
+            return list(out.update), list(out.state), dict(out.extras)
+
+        update, new_client_states, extras = tf.vectorized_map(
+            end_one, (p, client_states, [] if full is None else full, local_steps, examples),
+            fallback_to_while_loop=False)
+        return {"update": update, "client_state": new_client_states, "extras": extras,
+                "state": st, "loss_sum": loss_sum, "examples": examples}
 
     # -- sequential ------------------------------------------------------------------
-    def _sequential(self, x, y, w, batches, counts, metric_mask, params, state, global_opt):
+    def _sequential(self, x, y, w, batches, counts, metric_mask, params, state, server,
+                    client_states, learning_rate):
         # `in_flight` clients train side by side in each loop iteration: their
         # loops share nothing, so TensorFlow runs them at the same time, one core
         # each (small convolutions use a second core poorly: measured 1.1x). The
         # metric updates, the only stateful ops, wait until a client is done.
         # The chunk's client count is static unless chunks of several sizes came
         # (Poisson rounds, replicas' shares): then the function is retraced for any.
+        alg = self.algorithm
+        rule = self._rule_at(learning_rate)
         first_x = tf.nest.flatten(x)[0]
         num = first_x.shape[0] if first_x.shape[0] is not None else tf.shape(first_x)[0]
         k = self.in_flight
-        rule, mu, kind = self.rule, self.mu, self.kind
-        arrays = lambda ref: [  # noqa: E731
-            tf.TensorArray(t.dtype, size=num, element_shape=t.shape) for t in ref]
-        delta_ta, grad_ta, state_ta = arrays(params), arrays(params), arrays(state)
+
+        def context(cs, steps, n, full):
+            return ClientContext(broadcast_weights=list(params), server=server, state=cs,
+                                 learning_rate=learning_rate, local_steps=steps, examples=n,
+                                 full_gradient=full)
+
+        # What client_end returns, traced once on stand-in values, sizes the
+        # arrays its results are written into (an algorithm chooses its extras).
+        probe = alg.client_end(context(
+            [t[0] for t in client_states], tf.ones(()), tf.ones(()),
+            list(params) if alg.needs_full_gradient or not alg.trains_locally else None),
+            list(params))
+
+        def arrays(ref):
+            return tf.nest.map_structure(
+                lambda t: tf.TensorArray(t.dtype, size=num, element_shape=t.shape), ref)
+
+        update_ta, client_state_ta = arrays(list(probe.update)), arrays(list(probe.state))
+        extras_ta, state_ta = arrays(dict(probe.extras)), arrays(list(state))
         loss_ta = tf.TensorArray(tf.float32, size=num)
         seen_ta = tf.TensorArray(tf.float32, size=num)
 
@@ -184,9 +218,11 @@ class ClientWork:
 
         def one_client(c):
             n_steps = tf.reduce_sum(tf.cast(counts[c] > 0, tf.int32))
+            examples = tf.reduce_sum(counts[c])
             xc = tf.nest.map_structure(lambda t: t[c], x)
             yc = tf.nest.map_structure(lambda t: t[c], y)
             wc = None if w is None else w[c]
+            cs = [t[c] for t in client_states]
             # Keras 3 keeps random layers' seed states among the non-trainable
             # state (integers): offset them per client, so that clients draw
             # different Dropout masks.
@@ -221,7 +257,8 @@ class ClientWork:
                 return ys, preds, ws
 
             st = start
-            if kind in ("gradient", "mime"):
+            full = None
+            if alg.needs_full_gradient or not alg.trains_locally:
                 acc = [tf.zeros_like(p) for p in params]
                 for s in tf.range(n_steps):
                     data = batch(s)
@@ -230,31 +267,28 @@ class ClientWork:
                     count = tf.reduce_sum(data[2])
                     acc = [a + g * count for a, g in zip(acc, grads)]
                     seen += count
-                    if kind == "gradient":
+                    if not alg.trains_locally:
                         loss_sum += ls / elements
                         seen_ys, seen_preds, seen_ws = record(s, data, pred)
-                out["gradient"] = [a / tf.maximum(seen, 1.0) for a in acc]
-            if kind in ("train", "mime"):
-                if kind == "mime":  # the training pass starts from the round's state again
-                    st, seen = start, tf.zeros((), tf.float32)
-                p = list(params)
-                opt = rule.init(params)
+                full = [a / tf.maximum(seen, 1.0) for a in acc]
+            p = list(params)
+            if alg.trains_locally:
+                # The training pass starts from the round's state again.
+                st, seen = start, tf.zeros((), tf.float32)
+                ctx = context(cs, tf.cast(n_steps, tf.float32), examples, full)
+                opt = rule.init(params) if rule is not None else {}
                 for s in tf.range(n_steps):
                     data = batch(s)
-                    grads, st, ls, elements, pred = self.forward.loss_and_grads(
-                        p, st, *data)
-                    if mu:
-                        grads = [g + mu * (w - w0) for g, w, w0 in zip(grads, p, params)]
-                    if kind == "mime":
-                        _, p = rule.step(global_opt, p, grads)
-                    else:
-                        opt, p = rule.step(opt, p, grads)
+                    grads, st, ls, elements, pred = self.forward.loss_and_grads(p, st, *data)
+                    p, opt = alg.local_step(ctx, p, grads, rule, opt)
+                    p = list(p)
                     loss_sum += ls / elements
                     seen += tf.reduce_sum(data[2])
                     seen_ys, seen_preds, seen_ws = record(s, data, pred)
-                out["delta"] = [a - b for a, b in zip(p, params)]
-            out.update(state=st, loss_sum=loss_sum, seen=seen, n_steps=n_steps,
-                       ys=seen_ys, preds=seen_preds, ws=seen_ws)
+            result = alg.client_end(context(cs, tf.cast(n_steps, tf.float32), examples, full), p)
+            out.update(update=list(result.update), client_state=list(result.state),
+                       extras=dict(result.extras), state=st, loss_sum=loss_sum, seen=seen,
+                       n_steps=n_steps, ys=seen_ys, preds=seen_preds, ws=seen_ws)
             return out
 
         for g in tf.range(num // k):
@@ -269,20 +303,18 @@ class ClientWork:
                     ws = None if w is None else res["ws"].concat()
                     weight = tf.fill(tf.shape(tf.nest.flatten(ys)[0])[:1], metric_mask[c])
                     self._update_metrics(ys, preds, weight, ws)
-                if "gradient" in res:
-                    grad_ta = [ta.write(c, t) for ta, t in zip(grad_ta, res["gradient"])]
-                if "delta" in res:
-                    delta_ta = [ta.write(c, t) for ta, t in zip(delta_ta, res["delta"])]
-                state_ta = [ta.write(c, t) for ta, t in zip(state_ta, res["state"])]
+                write = lambda ta, t, c=c: ta.write(c, t)  # noqa: E731
+                update_ta = tf.nest.map_structure(write, update_ta, res["update"])
+                client_state_ta = tf.nest.map_structure(write, client_state_ta,
+                                                        res["client_state"])
+                extras_ta = tf.nest.map_structure(write, extras_ta, res["extras"])
+                state_ta = tf.nest.map_structure(write, state_ta, res["state"])
                 loss_ta = loss_ta.write(c, res["loss_sum"])
                 seen_ta = seen_ta.write(c, res["seen"])
-        out: dict[str, Any] = {"state": [ta.stack() for ta in state_ta],
-                               "loss_sum": loss_ta.stack(), "examples": seen_ta.stack()}
-        if kind in ("gradient", "mime"):
-            out["gradient"] = [ta.stack() for ta in grad_ta]
-        if kind in ("train", "mime"):
-            out["delta"] = [ta.stack() for ta in delta_ta]
-        return out
+        stack = lambda tas: tf.nest.map_structure(lambda ta: ta.stack(), tas)  # noqa: E731
+        return {"update": stack(update_ta), "client_state": stack(client_state_ta),
+                "extras": stack(extras_ta), "state": stack(state_ta),
+                "loss_sum": loss_ta.stack(), "examples": seen_ta.stack()}
 
 
 def _bcast(values, like):

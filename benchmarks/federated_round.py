@@ -21,6 +21,9 @@ interpreter of the environment it needs):
   native_k3_100 native_k3 with 100 clients per round: the scaling row        .venv-latest
   native_k3_1t  native_k3 with TF_NUM_INTRAOP_THREADS=1: the sequential form
                 then trains one client per core side by side                .venv-latest
+  user_k3       native_k3 with FedAvg written by a user on kerasfed.Algorithm
+                (``UserFedAvg`` below): a user's algorithm at a built-in's speed  .venv-latest
+  user_k2       the same, Keras 2 (TF 2.14)                                  .venv
 
 pfl-research 0.6.0 is benchmarked with ONE FIX and ONE SETTING: its `TFModel`
 keys the model's variables by `variable.name`, and in Keras 3 every layer's
@@ -115,6 +118,8 @@ CONTESTANTS = {
     "native_k3_100": Contestant("keras3", "native, Keras 3, 100 clients", SCALED_CLIENTS),
     "native_k3_1t": Contestant("keras3", "native, Keras 3, one thread per op",
                                environment=(("TF_NUM_INTRAOP_THREADS", "1"),)),
+    "user_k3": Contestant("keras3", "user-written FedAvg, native, Keras 3"),
+    "user_k2": Contestant("keras2", "user-written FedAvg, native, Keras 2"),
 }
 
 
@@ -192,7 +197,27 @@ def _seed() -> None:
     tf.random.set_seed(0)
 
 
-def run_kerasfed(engine: str):
+def user_fedavg():
+    """FedAvg as a user writes it on kerasfed's algorithm API (the built-in's pieces, by hand)."""
+    import dataclasses
+
+    import kerasfed
+
+    @dataclasses.dataclass(frozen=True)
+    class UserFedAvg(kerasfed.Algorithm):
+        def client_end(self, ctx, weights):
+            return kerasfed.ClientOutput(
+                update=[w - w0 for w, w0 in zip(weights, ctx.broadcast_weights)])
+
+        def server_update(self, ctx):
+            state, weights = ctx.optimizer.step(ctx.optimizer_state, ctx.weights,
+                                                [-u for u in ctx.update])
+            return weights, state
+
+    return UserFedAvg()
+
+
+def run_kerasfed(engine: str, user_algorithm: bool = False):
     def run(model_name, clients, rounds):
         if engine == "tff":
             import tensorflow_federated  # noqa: F401  (imported before the clock, as for tff_direct)
@@ -210,7 +235,7 @@ def run_kerasfed(engine: str):
         history = kerasfed.fit_federated(
             model, clients, rounds=rounds, local_epochs=1, batch_size=BATCH,
             server_learning_rate=SERVER_LR, engine=engine, seed=0, verbose=0,
-            callbacks=[RoundEnd()],
+            callbacks=[RoundEnd()], algorithm=user_fedavg() if user_algorithm else "fedavg",
         )
         extra = {"round_seconds": [float(s) for s in history.history.get("round_seconds", [])]}
         return start, ends, history.model, extra
@@ -460,6 +485,8 @@ RUNNERS = {
     "flwr": run_flwr,
     "native_k3_100": run_kerasfed("native"),
     "native_k3_1t": run_kerasfed("native"),
+    "user_k3": run_kerasfed("native", user_algorithm=True),
+    "user_k2": run_kerasfed("native", user_algorithm=True),
 }
 
 
@@ -642,6 +669,14 @@ def main() -> None:
         if some:
             print(f"  work per round ({NUM_CLIENTS} x {CLIENT_SIZE} examples): {some['gflop_per_round']:.2f} GFLOP "
                   f"(6 x {some['forward_macs_per_example']:,} forward multiply-adds per example)")
+        for user, built_in in (("user_k3", "native_k3"), ("user_k2", "native_k2")):
+            mine, theirs = results.get(user, {}), results.get(built_in, {})
+            if "median_round_s" in mine and "median_round_s" in theirs:
+                ratio = mine["median_round_s"] / theirs["median_round_s"]
+                report.setdefault("user_algorithm_vs_built_in", {})[f"{model_name}/{user}"] = ratio
+                print(f"  user-written FedAvg ({user}) vs built-in ({built_in}): {ratio:.2f}x the "
+                      f"round time (goal <= 1.1x: {'met' if ratio <= 1.1 else 'NOT met'})",
+                      flush=True)
         base, scaled = results.get("native_k3", {}), results.get("native_k3_100", {})
         if "median_round_s" in base and "median_round_s" in scaled:
             ratio = scaled["median_round_s"] / base["median_round_s"]

@@ -14,6 +14,13 @@ accuracy against rounds (``--plot``, needs matplotlib: the default environment).
   python3 dev.py bench paper_fedavg --data-dir ../shared/data --rows all --plot out/fedavg.png
   python3 dev.py bench paper_fedavg --data-dir ../shared/data --rows none --plot out/fedavg.png
 
+``--algorithms fedavg,fedprox,scaffold`` trains each row with each algorithm side
+by side (FedProx with mu=0.01, SCAFFOLD with option II control variates), e.g.
+the issue-15 comparison on the pathological non-IID split:
+
+  python3 dev.py bench --env latest paper_fedavg --data-dir ../shared/data --rows 2nn-E1-B10
+      --splits non-iid --algorithms fedavg,fedprox,scaffold --max-rounds 300
+
 Each row's test accuracy per round goes to ``--curves-dir`` (a CSV per row and
 split, written as the run goes, so a stopped run keeps its curve); ``--rows none``
 only redraws the plot from those CSVs.
@@ -196,7 +203,10 @@ class StopAtTarget(keras.callbacks.Callback):
             self.model.stop_training = True
 
 
-def run_row(row: Row, iid: bool, args) -> dict:
+ALGORITHMS = {"fedavg": "fedavg", "fedprox": kerasfed.FedProx(mu=0.01), "scaffold": "scaffold"}
+
+
+def run_row(row: Row, iid: bool, args, algorithm: str = "fedavg") -> dict:
     seed = args.seed
     classes = 10
     if row.task in ("2nn", "cnn"):
@@ -214,7 +224,8 @@ def run_row(row: Row, iid: bool, args) -> dict:
     model = make_model(row.task, lr, classes)
     split = "iid" if iid else "non-iid"
     os.makedirs(args.curves_dir, exist_ok=True)
-    label = f"{row.name}-{split}" + (f"-lr{lr:g}" if args.lr else "")  # a rerun at another rate keeps both
+    label = (f"{row.name}-{split}" + (f"-lr{lr:g}" if args.lr else "")
+             + (f"-{algorithm}" if algorithm != "fedavg" else ""))  # a rerun at another rate keeps both
     stop = StopAtTarget(TARGETS[row.task], os.path.join(args.curves_dir, f"{label}.csv"), label)
     started = time.perf_counter()
     with warnings.catch_warnings():
@@ -222,7 +233,7 @@ def run_row(row: Row, iid: bool, args) -> dict:
         history = kerasfed.fit_federated(
             model, clients, rounds=args.max_rounds,
             clients_per_round=max(1, round(0.1 * len(sizes))), local_epochs=row.epochs,
-            batch_size=batch, algorithm="fedsgd" if row.fedsgd else "fedavg",
+            batch_size=batch, algorithm="fedsgd" if row.fedsgd else ALGORITHMS[algorithm],
             # FedSGD: the server takes the step with the mean gradient (the
             # paper's FedSGD is FedAvg with E = 1, B = inf at the same rate).
             server_learning_rate=lr if row.fedsgd else 1.0, validation_data=test,
@@ -243,6 +254,8 @@ def main() -> None:
     parser.add_argument("--max-rounds", type=int, default=300)
     parser.add_argument("--lr", type=float, default=None, help="client learning rate")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--algorithms", default="fedavg",
+                        help="comma-separated: " + ", ".join(ALGORITHMS) + " (default fedavg)")
     parser.add_argument("--curves-dir", default=os.path.join("out", "paper_fedavg"),
                         help="where each row's per-round CSV goes (default out/paper_fedavg)")
     parser.add_argument("--plot", default=None,
@@ -254,21 +267,26 @@ def main() -> None:
         return
     if not chosen:
         sys.exit(f"no such rows: {args.rows}")
-    print(f"{'row':16s} {'split':8s} {'target':>6s} {'paper':>6s} {'ours':>8s} {'ratio':>6s} "
-          f"{'s/round':>8s} {'lr':>6s}")
+    algorithms = args.algorithms.split(",")
+    unknown = [a for a in algorithms if a not in ALGORITHMS]
+    if unknown:
+        sys.exit(f"no such algorithms: {unknown}; choose from {list(ALGORITHMS)}")
+    print(f"{'row':16s} {'split':8s} {'algorithm':9s} {'target':>6s} {'paper':>6s} {'ours':>8s} "
+          f"{'ratio':>6s} {'s/round':>8s} {'lr':>6s}")
     for row in chosen:
         for split in args.splits.split(","):
             iid = split == "iid"
             if row.task == "femnist" and iid:
                 continue  # natural writers only
-            result = run_row(row, iid, args)
-            paper = row.paper_iid if iid else row.paper_non_iid
-            ours = result["reached"]
-            shown = str(ours) if ours else f">{args.max_rounds}"
-            ratio = f"{ours / paper:.2f}" if ours and paper else "-"
-            print(f"{row.name:16s} {split:8s} {TARGETS[row.task]:6.2f} {paper or '-':>6} "
-                  f"{shown:>8s} {ratio:>6s} {result['seconds_per_round']:8.2f} {result['lr']:6g}",
-                  flush=True)
+            for algorithm in (["fedsgd"] if row.fedsgd else algorithms):
+                result = run_row(row, iid, args, "fedavg" if row.fedsgd else algorithm)
+                paper = row.paper_iid if iid else row.paper_non_iid
+                ours = result["reached"]
+                shown = str(ours) if ours else f">{args.max_rounds}"
+                ratio = f"{ours / paper:.2f}" if ours and paper else "-"
+                print(f"{row.name:16s} {split:8s} {algorithm:9s} {TARGETS[row.task]:6.2f} "
+                      f"{paper or '-':>6} {shown:>8s} {ratio:>6s} "
+                      f"{result['seconds_per_round']:8.2f} {result['lr']:6g}", flush=True)
     if args.plot:
         plot_curves(args.curves_dir, args.plot)
 

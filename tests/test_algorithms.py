@@ -20,6 +20,7 @@ import tensorflow as tf  # noqa: E402
 from kerasfed._compat import keras  # noqa: E402
 from kerasfed.federated.algorithms import (  # noqa: E402
     ALGORITHM_NAMES,
+    BUILT_IN,
     Algorithm,
     AlgorithmError,
     AlgorithmTypeError,
@@ -27,6 +28,7 @@ from kerasfed.federated.algorithms import (  # noqa: E402
     FedProx,
     FedSGD,
     MimeLite,
+    Scaffold,
     get_algorithm,
 )
 from kerasfed.federated.client_optimizers import client_optimizer_from_keras  # noqa: E402
@@ -153,7 +155,12 @@ _SIZES = [len(x) for x, _ in _CLIENTS]
 # ---- the contract every registered algorithm meets -------------------------------
 
 
-@pytest.mark.parametrize("name", ALGORITHM_NAMES)
+# The registered algorithms TFF has builders for (SCAFFOLD runs on the native engine:
+# tests/test_scaffold.py).
+_TFF_NAMES = [n for n in ALGORITHM_NAMES if type(get_algorithm(n)) in BUILT_IN]
+
+
+@pytest.mark.parametrize("name", _TFF_NAMES)
 def test_every_algorithm_trains_one_round(name, processes, runtime):
     algorithm = get_algorithm(name)
     assert algorithm.name == name
@@ -264,7 +271,9 @@ def test_fedadam_server_steps_match_numpy(processes, runtime):
 
 
 def test_registry_names_and_values():
-    assert ALGORITHM_NAMES == ("fedavg", "fedavg_unweighted", "fedsgd", "fedprox", "mime")
+    assert ALGORITHM_NAMES == ("fedavg", "fedavg_unweighted", "fedsgd", "fedprox", "mime",
+                               "scaffold")
+    assert get_algorithm("scaffold") == Scaffold(weighted=False)
     assert get_algorithm("FedAvg") == FedAvg()
     assert get_algorithm("fedavg_unweighted") == FedAvg(weighted=False)
     assert get_algorithm("fedprox") == FedProx(mu=0.01)
@@ -277,14 +286,15 @@ def test_registry_names_and_values():
 
 
 def test_unknown_algorithm_lists_the_valid_names():
-    names = r"\['fedavg', 'fedavg_unweighted', 'fedsgd', 'fedprox', 'mime'\]"
-    with pytest.raises(AlgorithmError, match=rf"algorithm='scaffold'.*{names}"):
-        get_algorithm("scaffold")
+    names = r"\['fedavg', 'fedavg_unweighted', 'fedsgd', 'fedprox', 'mime', 'scaffold'\]"
+    with pytest.raises(AlgorithmError, match=rf"algorithm='feddyn'.*{names}"):
+        get_algorithm("feddyn")
 
 
 @pytest.mark.parametrize("spec", [None, 1, FedAvg])
 def test_wrong_algorithm_type_names_the_accepted_types(spec):
-    accepted = r"name in \[.*or an Algorithm \(FedAvg, FedProx, FedSGD, MimeLite\)"
+    accepted = (r"name in \[.*or an Algorithm \(FedAvg, FedProx, FedSGD, MimeLite, Scaffold, "
+                r"or a subclass of kerasfed.Algorithm\)")
     with pytest.raises(AlgorithmTypeError, match=accepted):
         get_algorithm(spec)
 

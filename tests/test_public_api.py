@@ -18,6 +18,7 @@ PUBLIC = {
     "StrategyInitError", "DataError", "DataTypeError", "FitArgumentError", "DeviceConfigError",
     "fit_federated", "partition", "PartitionError", "ClientData", "as_client_data",
     "ClientDataError", "ClientDataTypeError", "FedAvg", "FedProx", "FedSGD", "MimeLite",
+    "Scaffold", "Algorithm", "ClientContext", "ClientOutput", "ServerContext",
     "ServerSGD", "ServerAdam", "ServerYogi", "ServerAdagrad", "FederatedUnavailableError",
     "ModelError", "ModelTypeError",
     "ENGINE_NAMES", "EngineError", "EngineTypeError", "FederatedArgumentError",

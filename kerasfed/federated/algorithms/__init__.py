@@ -77,6 +77,12 @@ def get_algorithm(spec: AlgorithmLike) -> Algorithm:
                 f"hyper-parameters."
             )
         return make()
+    if isinstance(spec, type) and issubclass(spec, Algorithm):
+        raise AlgorithmTypeError(
+            f"Expected `algorithm` to be a name in {list(ALGORITHM_NAMES)} or an Algorithm "
+            f"(FedAvg, FedProx, FedSGD, MimeLite, Scaffold, or a subclass of kerasfed.Algorithm)"
+            f" instance. Received the class {spec.__name__}: pass an instance, "
+            f"algorithm={spec.__name__}().")
     raise AlgorithmTypeError(
         f"Expected `algorithm` to be a name in {list(ALGORITHM_NAMES)} or an Algorithm "
         f"(FedAvg, FedProx, FedSGD, MimeLite, Scaffold, or a subclass of "

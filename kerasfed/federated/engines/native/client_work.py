@@ -27,7 +27,6 @@ non-trainable ``state``, ``loss_sum`` and ``examples``.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
 
 import tensorflow as tf
 

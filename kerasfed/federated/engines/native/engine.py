@@ -25,8 +25,8 @@ import numpy as np
 import tensorflow as tf
 
 from kerasfed.errors import AlgorithmError
-from kerasfed.federated.aggregators import Mean, RoundContext, resolve_chain
-from kerasfed.federated.algorithms import ClientContext, ServerContext
+from kerasfed.federated.aggregators import resolve_chain
+from kerasfed.federated.algorithms import ServerContext
 from kerasfed.federated.client_state import ClientStateStore
 from kerasfed.federated.clients.structure import num_rows, to_tensors
 from kerasfed.federated.engines.base import (
@@ -38,6 +38,8 @@ from kerasfed.federated.engines.base import (
     check_neutral,
 )
 from kerasfed.federated.engines.native import combine
+from kerasfed.federated.engines.native.aggregation import RoundAggregation
+from kerasfed.federated.engines.native.algorithm_probe import probe_algorithm
 from kerasfed.federated.engines.native import forward as fwd
 from kerasfed.federated.engines.native.chunks import (
     LOCKSTEP_CHUNK_BYTES,
@@ -50,7 +52,8 @@ from kerasfed.federated.engines.native.chunks import (
 from kerasfed.federated.engines.native.client_work import ClientWork
 from kerasfed.federated.engines.native.evaluation import FederatedEvaluation
 # Bound here under their old names: tests replace them on this module.
-from kerasfed.federated.engines.native.form import FALLBACK, FORM_ERRORS
+from kerasfed.federated.engines.native.form import FALLBACK as _FALLBACK
+from kerasfed.federated.engines.native.form import FORM_ERRORS
 from kerasfed.federated.engines.native.form import choose_form as _choose_form
 from kerasfed.federated.engines.native.form import clients_in_flight as _clients_in_flight
 from kerasfed.federated.engines.native.form import side_by_side  # noqa: F401
@@ -84,6 +87,7 @@ class NativeEngine(Engine):
         self._batch_size = setup.batch_size
         self._chain = setup.aggregator if setup.aggregator is not None else resolve_chain("mean")
         self._attack = setup.attack if setup.attack is not None and setup.attack.on_updates else None
+        self._aggregation = RoundAggregation(self._chain, self._attack, setup)
         self._client_rule = client_rule(setup.client_optimizer) if setup.client_optimizer else None
         self._loss = setup.parts.loss_per_example()
         self._replicas = setup.replicas if setup.replicas is not None else Replicas()
@@ -106,6 +110,9 @@ class NativeEngine(Engine):
         self._non_trainable_pos = [position.get(id(v)) for v in self._non_trainable]
         self._layout = setup.layout
         flatten = setup.layout.flatten if setup.layout is not None else (lambda p: p)
+        # The algorithm's pieces tried once on the weights: a mistake fails here.
+        self._probe = probe_algorithm(
+            self._algorithm, [tf.convert_to_tensor(v) for v in self._trainable], self._client_rule)
         self._client_table = self._open_client_table(setup)
         strings = any(spec.dtype == tf.string for spec in tf.nest.flatten(setup.element_spec))
 
@@ -122,8 +129,7 @@ class NativeEngine(Engine):
 
     def _open_client_table(self, setup: EngineSetup):
         """The algorithm's per-client state table, or None for an algorithm without."""
-        template = [t.numpy() for t in self._algorithm.client_state(
-            [tf.convert_to_tensor(v) for v in self._trainable])]
+        template = [t.numpy() for t in self._probe.client_state]
         if not template:
             return None
         if self._replicas.workers > 1:
@@ -359,11 +365,10 @@ class NativeEngine(Engine):
         """The chunk's clients' own states, [slots, ...] per tensor (padding: the template)."""
         if self._client_table is None:
             return []
-        padded = list(cids) + [None] * (slots - len(cids))
-        values = self._client_table.read([c for c in cids])
+        values = self._client_table.read(list(cids))
         out = []
         for value, template in zip(values, self._client_table.template):
-            rows = np.empty((len(padded), *template.shape), template.dtype)
+            rows = np.empty((slots, *template.shape), template.dtype)
             rows[: len(cids)] = value
             rows[len(cids):] = template
             out.append(tf.constant(rows))
@@ -384,7 +389,7 @@ class NativeEngine(Engine):
             except FORM_ERRORS as e:
                 # Only while a form is first traced and run: later, an error is the
                 # data's or the machine's (out of memory), never a reason to change form.
-                fallback = FALLBACK.get(self.form) if self._rounds_run == 0 else None
+                fallback = _FALLBACK.get(self.form) if self._rounds_run == 0 else None
                 if fallback is None:
                     raise
                 LOG.warning("kerasfed: native engine: %s failed (%s: %s); using %s",
@@ -400,52 +405,13 @@ class NativeEngine(Engine):
         if self._chain.dp is None:
             return state, RoundResult(metrics=metrics, num_examples=0, update_non_finite=False,
                                       skipped="no client was sampled", participants=[])
-        empty = np.zeros((0, sum(int(np.prod(t.shape)) for t in state["trainable"])), np.float32)
-        update, aggregator, logs = self._chain.run(empty, self._context([], [], round_num),
-                                                  state["aggregator"])
+        mean, aggregator, logs = self._aggregation.noise_only(
+            state["aggregator"], state["trainable"], round_num)
         new = dict(state, aggregator=aggregator)
-        mean = combine.unflatten(update, state["trainable"])
         new["optimizer"], new["trainable"] = self._server_rule_at(round_num).step(
             state["optimizer"], state["trainable"], [-m for m in mean])
         return new, RoundResult(metrics=metrics, num_examples=0, update_non_finite=False,
                                 aggregation=logs, participants=[])
-
-    def _context(self, cids: Sequence[str], weights, round_num: int) -> RoundContext:
-        return RoundContext(cids=list(cids), weights=np.asarray(weights, np.float64),
-                            expected_clients=self._setup.expected_clients,
-                            seed=self._setup.seed, round_num=round_num,
-                            client_states=getattr(self._setup, "client_states", None))
-
-    def _aggregate(self, state: dict, stacked: list, weight: tf.Tensor, finite: tf.Tensor,
-                   cids: Sequence[str], round_num: int) -> tuple[list | None, dict, dict, str | None]:
-        """The chain's combined update of the clients' ``stacked`` updates, as
-        (update per trainable weight or None to skip, aggregator state, logs, why skipped)."""
-        n = len(cids)
-        if isinstance(stacked, np.ndarray):  # one replica's rows, already flat (and ours)
-            flat = stacked
-        else:
-            flat = np.concatenate([u.numpy().reshape(n, -1) for u in stacked], axis=1)
-        ok = finite.numpy() > 0
-        flat[~ok] = 0.0
-        if self._attack is not None:
-            malicious = np.array([cid in self._setup.attackers for cid in cids]) & ok
-            rng = np.random.default_rng([self._setup.seed, round_num, 0xA77ACC])
-            flat = self._attack.corrupt(flat, malicious, rng)
-        weights = weight.numpy()
-        if not isinstance(self._chain.combiner, Mean):
-            # Robust, private and secure combiners count each client once, and only
-            # the clients whose update is finite.
-            if not ok.all():  # (a boolean index copies every row)
-                flat, cids = flat[ok], [c for c, k in zip(cids, ok) if k]
-            weights = np.ones(len(cids))
-            need = self._chain.combiner.min_clients()
-            if len(cids) < need and self._chain.dp is None:
-                why = (f"{self._chain.combiner!r} needs at least {need} clients with finite "
-                       f"updates and the round had {len(cids)}")
-                return None, state["aggregator"], {}, why
-        update, aggregator, logs = self._chain.run(flat, self._context(cids, weights, round_num),
-                                                  state["aggregator"])
-        return combine.unflatten(update, state["trainable"]), aggregator, logs, None
 
     # -- combining the clients' results ------------------------------------------------
     def _replica_sums(self, state: dict, replica: int, sums: dict | None, positions: list[int],
@@ -466,23 +432,13 @@ class NativeEngine(Engine):
 
     def _sums_template(self, state: dict) -> dict:
         """The structure of a replica's sums (for a replica without clients)."""
-        if not hasattr(self, "_sums_like"):
-            probe = self._algorithm.client_end(ClientContext(
-                broadcast_weights=list(state["trainable"]),
-                server=self._algorithm.broadcast(state["algorithm"]),
-                state=[tf.constant(t) for t in self._client_table.template]
-                if self._client_table is not None else [],
-                learning_rate=tf.constant(1.0), local_steps=tf.constant(1.0),
-                examples=tf.constant(1.0),
-                full_gradient=list(state["trainable"])), list(state["trainable"]))
-            zero = tf.constant(0.0)
-            self._sums_like = {
-                "weight": zero, "good": zero, "examples": zero, "loss": zero,
-                "update": [tf.zeros_like(t) for t in state["trainable"]],
-                "extras": tf.nest.map_structure(tf.zeros_like, dict(probe.extras)),
-                "state": [tf.zeros_like(t) for t in state["non_trainable"]],
-            }
-        return self._sums_like
+        zero = tf.constant(0.0)
+        return {
+            "weight": zero, "good": zero, "examples": zero, "loss": zero,
+            "update": [tf.zeros_like(t) for t in state["trainable"]],
+            "extras": tf.nest.map_structure(tf.zeros_like, self._probe.extras),
+            "state": [tf.zeros_like(t) for t in state["non_trainable"]],
+        }
 
     def _server_update(self, state: dict, sums: dict, gathered: dict | None,
                        cids: Sequence[str], round_num: int) -> tuple[dict, RoundResult]:
@@ -497,8 +453,9 @@ class NativeEngine(Engine):
         else:
             weight = combine.client_weights(gathered["examples"], gathered["finite"],
                                             self._algorithm.weighted)
-            mean, new["aggregator"], logs, skipped = self._aggregate(
-                state, gathered["update"], weight, gathered["finite"], cids, round_num)
+            mean, new["aggregator"], logs, skipped = self._aggregation.combine(
+                state["aggregator"], state["trainable"], gathered["update"], weight,
+                gathered["finite"], cids, round_num)
         non_finite = mean is not None and not all(
             bool(tf.reduce_all(tf.math.is_finite(m))) for m in mean)
         means = tf.nest.map_structure(lambda e: e / tf.cast(sums["weight"], e.dtype),
@@ -536,18 +493,11 @@ class NativeEngine(Engine):
 
     # -- bytes ----------------------------------------------------------------------
     def _payload_bytes(self) -> tuple[int, int]:
-        trainable = [tf.convert_to_tensor(v) for v in self._trainable]
-        server = self._algorithm.broadcast(self._algorithm.server_init(trainable, self._client_rule))
-        state = self._algorithm.client_state(trainable)
-        probe = self._algorithm.client_end(ClientContext(
-            broadcast_weights=trainable, server=server, state=state,
-            learning_rate=tf.constant(1.0), local_steps=tf.constant(1.0),
-            examples=tf.constant(1.0), full_gradient=trainable), trainable)
         return payload_bytes(
             model_weights=fwd.variables(self._model.weights), trainable=self._trainable,
             chain=self._chain, expected_clients=self._setup.expected_clients,
-            client_rule=self._client_rule, broadcast=server, extras=dict(probe.extras),
-            metrics=self._metrics)
+            client_rule=self._client_rule, broadcast=self._probe.broadcast,
+            extras=self._probe.extras, metrics=self._metrics)
 
 
 def _slots_to_numpy(slots: dict) -> dict[str, list[np.ndarray]]:

@@ -103,10 +103,21 @@ def demo(args: list[str]) -> int:
     return _run([python, ROOT / "examples" / "demo.py", *args], cwd=ROOT, env=_quiet_env())
 
 
+# Which tests each suite runs (pytest -m). The default environment runs everything
+# except the tests marked `tf_independent`: pure Python whose outcome no TensorFlow
+# version changes (the launcher, the command line, TF_CONFIG, argument checks before
+# any training, output formatting). Those run once, in the newest-TF suite, which
+# has less to do; the two suites then end at about the same time.
+DEFAULT_SUITE = "not tf_independent"
+LATEST_SUITE = "distributed or native or install or tf_independent"
+PYTEST_NO_TESTS_SELECTED = 5  # pytest's exit code when -m leaves nothing to run
+
+
 def test(args: list[str]) -> int:
-    """The whole suite in the default environment and, at the same time, the
-    data-parallel and native-engine tests on the newest TF; then, without pytest
-    arguments (CI's form), the packaging checks: docs, wheel, smoke environments.
+    """The suite in the default environment and, at the same time, the data-parallel,
+    native-engine and TF-independent tests on the newest TF (DEFAULT_SUITE,
+    LATEST_SUITE); then, without pytest arguments (CI's form), the packaging checks:
+    docs, wheel, smoke environments.
 
     Side by side because part of the suites' time is spent waiting on worker
     processes (TensorFlow imports, gRPC start-up, launcher restarts): measured on 2
@@ -117,17 +128,22 @@ def test(args: list[str]) -> int:
     """
     suites = [
         # --durations: the slowest tests in every run's output, where CI time goes.
-        ("tf2.14", [ensure_env("default"), "-m", "pytest", "--durations=15", *args]),
+        ("tf2.14", [ensure_env("default"), "-m", "pytest", "--durations=15", "-m",
+                    DEFAULT_SUITE, *args]),
         ("tf2.21", [ensure_env("latest"), "-m", "pytest", "--durations=15", "-m",
-                    "distributed or native or install", *args]),
+                    LATEST_SUITE, *args]),
     ]
     if os.environ.get("KERASFED_TEST_SERIAL"):
         codes = [_run(cmd, cwd=ROOT, env=_quiet_env()) for _, cmd in suites]
     else:
         codes = _run_side_by_side(suites)
+    if args and any(code != PYTEST_NO_TESTS_SELECTED for code in codes):
+        # `dev.py test tests/test_launch.py`: a file may have no test for one suite.
+        codes = [0 if code == PYTEST_NO_TESTS_SELECTED else code for code in codes]
     summary = [
         f"default environment (TF 2.14 + TFF) exit {codes[0]}",
-        f"newest TensorFlow (data-parallel, native-engine and install tests) exit {codes[1]}",
+        f"newest TensorFlow (data-parallel, native-engine, install and TF-independent tests) "
+        f"exit {codes[1]}",
     ]
     if not args and not os.environ.get("KERASFED_SKIP_PACKAGING"):
         codes.append(docs([]))

@@ -156,6 +156,10 @@ class CheckpointMismatchError(CheckpointError):
     """A checkpoint was written by a training with a different configuration."""
 
 
+class ClientStateError(KerasfedError, ValueError):
+    """Per-client state (``ClientStateStore``) used with a wrong table, shape or id."""
+
+
 # -- Missing pieces ------------------------------------------------------------------------
 
 

@@ -55,16 +55,29 @@ def wait_for_no_processes(token: str, timeout: float = 10.0) -> list[tuple[int, 
         time.sleep(0.05)
 
 
-@pytest.fixture(autouse=True)
-def no_process_left_behind(monkeypatch):
-    """Fails the test if any process it started is still running afterwards."""
-    token = uuid.uuid4().hex
-    monkeypatch.setenv(_TOKEN_VAR, token)
-    yield token
+def kill_processes_left(token: str) -> list[tuple[int, str]]:
+    """Waits for the processes carrying ``token`` to end, kills the survivors, returns them."""
     left = wait_for_no_processes(token)
     for pid, _ in left:  # do not let one leak cascade into later tests
         try:
             os.kill(pid, 9)
         except ProcessLookupError:
             pass
+    return left
+
+
+def environ_with_token() -> tuple[dict[str, str], str]:
+    """A copy of os.environ with a fresh token, for processes a module-scoped fixture
+    starts (the per-test token below is set after such a fixture ran)."""
+    token = uuid.uuid4().hex
+    return dict(os.environ, **{_TOKEN_VAR: token}), token
+
+
+@pytest.fixture(autouse=True)
+def no_process_left_behind(monkeypatch):
+    """Fails the test if any process it started is still running afterwards."""
+    token = uuid.uuid4().hex
+    monkeypatch.setenv(_TOKEN_VAR, token)
+    yield token
+    left = kill_processes_left(token)
     assert not left, f"processes started by this test are still running: {left}"

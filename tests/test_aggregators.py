@@ -7,6 +7,8 @@ the chain's checks are exercised one bad input at a time.
 from __future__ import annotations
 
 
+import dataclasses
+
 import numpy as np
 import pytest
 
@@ -17,6 +19,7 @@ from kerasfed.federated.aggregators.bulyan import bulyan_selection
 from kerasfed.federated.aggregators.krum import krum_scores
 from kerasfed.federated.aggregators.secure_sum import mask_pairs, masked_vectors
 from kerasfed.federated.attack import Attack, flip_labels
+from kerasfed.federated.client_state import ClientStateStore
 
 pytestmark = pytest.mark.native
 
@@ -177,16 +180,38 @@ def test_quantize_bytes_shrink_by_32_over_bits():
 
 def test_top_k_keeps_the_largest_and_remembers_the_rest():
     top = agg.TopK(0.25)
+    store = ClientStateStore()
     u = np.array([[1.0, -5.0, 0.5, 2.0], [0.1, 0.2, 0.3, -0.4]], np.float32)
-    ctx = _context(2)
+    ctx = dataclasses.replace(_context(2), client_states=store, step="1/")
     sent, state, _ = top.apply(u, ctx, {})
     np.testing.assert_allclose(sent, [[0, -5, 0, 0], [0, 0, 0, -0.4]], rtol=1e-6)
-    np.testing.assert_allclose(state["residual/c0"], [1.0, 0.0, 0.5, 2.0])
+    assert state == {}  # the residuals live in the client state store
+    residuals = store.table("1/residual", [np.zeros(4, np.float32)])
+    np.testing.assert_allclose(residuals.read(["c0"])[0], [[1.0, 0.0, 0.5, 2.0]])
     # Next round the memory is added before choosing: client 0's 2.0 + 2.0 wins.
-    sent2, state2, _ = top.apply(np.array([[0, 0, 0, 2.0]], np.float32),
-                                 agg.RoundContext(["c0"], np.ones(1), 1, 0, 1), state)
+    sent2, _, _ = top.apply(np.array([[0, 0, 0, 2.0]], np.float32),
+                            agg.RoundContext(["c0"], np.ones(1), 1, 0, 1, store, "1/"), state)
     np.testing.assert_array_equal(sent2, [[0, 0, 0, 4.0]])
-    assert "residual/c1" in state2  # absent clients keep their memory
+    assert "c1" in residuals  # absent clients keep their memory
+    np.testing.assert_allclose(residuals.read(["c1"])[0], [[0.1, 0.2, 0.3, 0.0]])
+
+
+def test_two_top_k_steps_of_a_chain_keep_their_own_residuals():
+    store = ClientStateStore()
+    u = np.array([[4.0, -3.0, 2.0, 1.0]], np.float32)
+    ctx = dataclasses.replace(_context(1), client_states=store)
+    out, _, _ = agg.Chain((agg.TopK(0.75), agg.TopK(0.25)), agg.Mean()).run(u, ctx, {})
+    np.testing.assert_array_equal(out, [4.0, 0.0, 0.0, 0.0])
+    assert set(store.tables) == {"0/residual", "1/residual"}
+    np.testing.assert_array_equal(store.tables["0/residual"].read(["c0"])[0], [[0, 0, 0, 1.0]])
+    np.testing.assert_array_equal(store.tables["1/residual"].read(["c0"])[0], [[0, -3.0, 2.0, 0]])
+
+
+def test_top_k_with_error_feedback_needs_a_client_state_store():
+    with pytest.raises(agg.AggregatorError, match="TopK.*no client state store.*ClientStateStore"):
+        agg.TopK(0.5).apply(_updates(2, 4), _context(2), {})
+    sent, _, _ = agg.TopK(0.5, error_feedback=False).apply(_updates(2, 4), _context(2), {})
+    assert (sent != 0).sum() == 4
 
 
 # -- DP ---------------------------------------------------------------------------------------

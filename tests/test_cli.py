@@ -12,7 +12,8 @@ import pytest
 from kerasfed._version import __version__
 from kerasfed.cli import main
 
-pytestmark = pytest.mark.distributed
+# The command line imports no TensorFlow (test_commands_import_no_tensorflow): one suite runs it.
+pytestmark = [pytest.mark.distributed, pytest.mark.tf_independent]
 
 WORKER = str(Path(__file__).parent / "scripts" / "launch_worker.py")
 CONSOLE_SCRIPT = str(Path(sys.executable).with_name("kerasfed"))

@@ -203,3 +203,19 @@ def test_the_tff_engine_refuses_a_user_algorithm_naming_the_native_engine():
     with pytest.raises(kerasfed.AlgorithmError, match=r"runs on engine='native'"):
         kerasfed.fit_federated(_model(), _data(), rounds=1, algorithm=MyFedAvg(), engine="tff",
                                verbose=0)
+
+
+def test_the_readmes_algorithm_trains_exactly_as_the_built_in_fedprox():
+    # The README's example class, run as written: FedProx's proximal term by hand.
+    import re
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    block = re.search(r"```python\n(import dataclasses\n.*?class MyProx.*?)\nhistory = ",
+                      readme, re.DOTALL).group(1)
+    namespace: dict = {"kerasfed": kerasfed}
+    exec(block, namespace)  # noqa: S102
+    mine, _ = _fit(namespace["MyProx"](mu=0.1))
+    built_in, _ = _fit(kerasfed.FedProx(mu=0.1, weighted=True))
+    for a, b in zip(mine.get_weights(), built_in.get_weights()):
+        np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)

@@ -20,7 +20,10 @@ from kerasfed.datasets import (
     load_mnist,
 )
 
-pytestmark = pytest.mark.distributed  # needs no TFF: runs in both environments
+# Needs no TFF. The IDX and MNIST readers are NumPy only (tf_independent: one suite
+# runs them); the digits come from each environment's own scikit-learn, so the
+# digits tests run in both.
+pytestmark = pytest.mark.distributed
 
 
 def idx_bytes(array: np.ndarray, code: int) -> bytes:
@@ -36,6 +39,7 @@ def write(path, data: bytes, compress: bool = False):
     return path
 
 
+@pytest.mark.tf_independent
 @pytest.mark.parametrize("code", sorted(IDX_DTYPES))
 @pytest.mark.parametrize("compress", [False, True])
 def test_round_trip_every_dtype(tmp_path, code, compress):
@@ -51,12 +55,14 @@ def test_round_trip_every_dtype(tmp_path, code, compress):
     np.testing.assert_array_equal(got, array)
 
 
+@pytest.mark.tf_independent
 def test_known_bytes_of_a_tiny_mnist_label_file(tmp_path):
     # 00 00 08 01 | 00 00 00 03 | 07 02 01: three uint8 labels 7, 2, 1.
     got = load_idx(write(tmp_path / "l", bytes.fromhex("00000801 00000003 070201")))
     np.testing.assert_array_equal(got, np.array([7, 2, 1], np.uint8))
 
 
+@pytest.mark.tf_independent
 def test_gzip_detected_from_content_not_name(tmp_path):
     array = np.arange(6, dtype=np.uint8).reshape(2, 3)
     np.testing.assert_array_equal(
@@ -67,6 +73,7 @@ def test_gzip_detected_from_content_not_name(tmp_path):
     )
 
 
+@pytest.mark.tf_independent
 def test_bad_magic(tmp_path):
     with pytest.raises(
         IdxFormatError, match=r"is not an IDX file: it starts with bytes 50 4b 03 04"
@@ -74,6 +81,7 @@ def test_bad_magic(tmp_path):
         load_idx(write(tmp_path / "f.zip", b"PK\x03\x04rest"))
 
 
+@pytest.mark.tf_independent
 def test_unknown_dtype_byte(tmp_path):
     with pytest.raises(
         IdxFormatError, match=r"unknown IDX data-type byte 0x07; expected one of 0x08, 0x09"
@@ -81,6 +89,7 @@ def test_unknown_dtype_byte(tmp_path):
         load_idx(write(tmp_path / "f", bytes.fromhex("00000701 00000001 00")))
 
 
+@pytest.mark.tf_independent
 @pytest.mark.parametrize(
     "data, match",
     [
@@ -108,12 +117,14 @@ def test_truncated_or_overlong(tmp_path, data, match):
         load_idx(write(tmp_path / "f", data))
 
 
+@pytest.mark.tf_independent
 def test_truncated_gzip(tmp_path):
     data = gzip.compress(idx_bytes(np.zeros((10, 10), np.uint8), 0x08))
     with pytest.raises(IdxFormatError, match=r"corrupt or truncated gzip data"):
         load_idx(write(tmp_path / "f.gz", data[: len(data) // 2]))
 
 
+@pytest.mark.tf_independent
 def test_missing_file(tmp_path):
     with pytest.raises(FileNotFoundError):
         load_idx(tmp_path / "nope")
@@ -137,6 +148,7 @@ def _write_mnist(folder, n_train=5, n_test=3, compress=True, skip=()):
     return arrays
 
 
+@pytest.mark.tf_independent
 @pytest.mark.parametrize("compress", [True, False])
 def test_load_mnist(tmp_path, compress):
     arrays = _write_mnist(tmp_path, compress=compress)
@@ -148,6 +160,7 @@ def test_load_mnist(tmp_path, compress):
     assert x_train.dtype == np.uint8 and x_train.shape == (5, 28, 28)
 
 
+@pytest.mark.tf_independent
 def test_load_mnist_names_missing_file_and_where_to_get_it(tmp_path):
     _write_mnist(tmp_path, skip=("test_labels",))
     with pytest.raises(
@@ -157,6 +170,7 @@ def test_load_mnist_names_missing_file_and_where_to_get_it(tmp_path):
         load_mnist(tmp_path)
 
 
+@pytest.mark.tf_independent
 def test_load_mnist_missing_folder(tmp_path):
     with pytest.raises(
         FileNotFoundError, match=r"MNIST data_dir .*nope' is not a folder.*mnist.npz"
@@ -164,6 +178,7 @@ def test_load_mnist_missing_folder(tmp_path):
         load_mnist(tmp_path / "nope")
 
 
+@pytest.mark.tf_independent
 def test_load_mnist_mismatched_counts(tmp_path):
     _write_mnist(tmp_path, skip=("train_labels",))
     write(tmp_path / "train-labels-idx1-ubyte", idx_bytes(np.zeros(4, np.uint8), 0x08))
@@ -173,6 +188,7 @@ def test_load_mnist_mismatched_counts(tmp_path):
         load_mnist(tmp_path)
 
 
+@pytest.mark.tf_independent
 def test_load_mnist_reads_keras_npz(tmp_path):
     x, y = np.ones((2, 28, 28), np.uint8), np.array([3, 4], np.uint8)
     np.savez(tmp_path / "mnist.npz", x_train=x, y_train=y, x_test=x[:1], y_test=y[:1])

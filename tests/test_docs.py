@@ -1,7 +1,8 @@
 """The documentation site: every public name is in the API reference, links resolve,
 and `mkdocs build --strict` passes where mkdocs is installed.
 
-The coverage and link checks only read files, so they run in every environment.
+The coverage and link checks only read files, so they run in any environment
+(`python3 dev.py test` runs them once, in the TF 2.21 suite: ``tf_independent``).
 The build needs the `docs` extra (mkdocs, mkdocstrings[python], mkdocs-material);
 in the TensorFlow environments it usually is not installed and that test skips.
 """
@@ -21,6 +22,7 @@ ROOT = Path(__file__).resolve().parents[1]
 DOCS = ROOT / "docs"
 API_ENTRY = re.compile(r"^::: ([\w.]+)\s*$", re.MULTILINE)
 MARKDOWN_LINK = re.compile(r"\]\(([^)\s]+)\)")
+pytestmark = pytest.mark.tf_independent
 
 
 def _public_names() -> list[str]:

@@ -1,4 +1,8 @@
-"""kerasfed's one error family: every class, one class per kind of mistake, messages that name the fix."""
+"""kerasfed's one error family: every class, one class per kind of mistake, messages that name the fix.
+
+The checks of the family itself (classes, aliases, the docs table) involve no TensorFlow
+and are marked ``tf_independent``: one suite runs them.
+"""
 
 from __future__ import annotations
 
@@ -82,11 +86,13 @@ EXPORTED_ERRORS = sorted(
 
 
 @pytest.mark.distributed
+@pytest.mark.tf_independent
 def test_every_exported_exception_is_listed_here():
     assert set(EXPORTED_ERRORS) == set(BUILTIN)
 
 
 @pytest.mark.distributed
+@pytest.mark.tf_independent
 @pytest.mark.parametrize("name", sorted(BUILTIN))
 def test_every_exported_exception_is_a_kerasfed_error_and_its_builtin(name):
     cls = getattr(kerasfed, name)
@@ -97,6 +103,7 @@ def test_every_exported_exception_is_a_kerasfed_error_and_its_builtin(name):
 
 
 @pytest.mark.distributed
+@pytest.mark.tf_independent
 @pytest.mark.parametrize("old", sorted(OLD_HOMES))
 def test_old_names_stay_importable_from_their_modules(old):
     import importlib
@@ -106,6 +113,7 @@ def test_old_names_stay_importable_from_their_modules(old):
 
 
 @pytest.mark.distributed
+@pytest.mark.tf_independent
 def test_every_exception_kerasfed_defines_is_in_the_family():
     # No module defines an exception class of its own outside kerasfed/errors.py.
     root = pathlib.Path(kerasfed.__file__).parent
@@ -120,6 +128,7 @@ def test_every_exception_kerasfed_defines_is_in_the_family():
 
 
 @pytest.mark.distributed
+@pytest.mark.tf_independent
 def test_docs_table_lists_every_exported_exception():
     page = pathlib.Path(__file__).parents[1] / "docs" / "errors.md"
     listed = set(re.findall(r"^\| `(\w+)` \|", page.read_text(), re.M))
@@ -127,6 +136,7 @@ def test_docs_table_lists_every_exported_exception():
 
 
 @pytest.mark.distributed
+@pytest.mark.tf_independent
 def test_missing_dependency_is_an_import_error_naming_the_extra_kind():
     assert issubclass(kerasfed.FederatedUnavailableError, kerasfed.MissingDependencyError)
     with pytest.raises(ImportError):
@@ -184,6 +194,7 @@ def test_bad_verbose_is_a_verbose_error_from_fit_distributed():
 
 
 @pytest.mark.distributed
+@pytest.mark.tf_independent
 def test_partition_and_launch_refuse_verbose_as_any_unknown_keyword():
     # They print nothing, so they take no `verbose`: the same SignatureError as any call.
     from kerasfed.launch import make_plan
@@ -309,6 +320,7 @@ def test_fit_distributed_keywords_of_fit_federated_name_epochs():
 
 
 @pytest.mark.distributed
+@pytest.mark.tf_independent
 def test_checked_calls_keep_their_signature_and_docstring():
     for call in (kerasfed.fit_federated, kerasfed.fit_distributed, kerasfed.partition):
         params = inspect.signature(call).parameters
@@ -423,6 +435,7 @@ def test_labels_that_fit_are_not_refused():
 
 
 @pytest.mark.distributed
+@pytest.mark.tf_independent
 def test_the_aliases_are_listed_in_one_place():
     assert {old: cls.__name__ for old, cls in errors.ALIASES.items()} == {
         old: now for old, (_, now) in OLD_HOMES.items() if old != now and old in errors.ALIASES

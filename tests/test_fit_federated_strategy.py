@@ -7,6 +7,7 @@ same problem, seed and cases (``fed_replicas.CASES``), within 1e-5.
 
 from __future__ import annotations
 
+import functools
 import json
 import subprocess
 import sys
@@ -38,6 +39,7 @@ def no_tf_config(monkeypatch):
     monkeypatch.setenv("TF_CPP_MIN_LOG_LEVEL", "2")
 
 
+@functools.lru_cache(maxsize=None)  # several tests compare with the same case: train it once
 def one_process(name: str):
     weights, history = fed_replicas.run_case(name, None)
     return weights, history.history

@@ -34,7 +34,8 @@ from kerasfed.launch import (
     pick_free_ports,
 )
 
-pytestmark = pytest.mark.distributed
+# The launcher is pure Python (its workers here import no TensorFlow): one suite runs it.
+pytestmark = [pytest.mark.distributed, pytest.mark.tf_independent]
 
 WORKER = str(Path(__file__).parent / "scripts" / "launch_worker.py")
 LAUNCH = [sys.executable, "-m", "kerasfed", "launch"]

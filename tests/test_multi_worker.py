@@ -1,8 +1,9 @@
 """fit_distributed across real worker processes on 127.0.0.1, started by `kerasfed launch`.
 
-Each test launches tests/scripts/dist_train.py (or dist_shards.py) in two workers
-and compares what they recorded with plain ``model.fit`` in this process. Every
-launch costs a TensorFlow import per worker, so the checks are grouped per launch.
+Each test launches tests/scripts/dist_train.py (or another worker script) in two
+workers and compares what they recorded with plain ``model.fit`` in this process.
+Every launch costs a TensorFlow import per worker, so the checks are grouped per
+launch: the two tests of ``two_worker_job`` read one launch's records.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ HAS_TENSORBOARD = importlib.util.find_spec("tensorboard") is not None
 
 sys.path.insert(0, str(SCRIPTS))
 import dist_common  # noqa: E402
+from conftest import environ_with_token, kill_processes_left  # noqa: E402
 
 
 @pytest.fixture(autouse=True)
@@ -40,9 +42,10 @@ def no_tf_config(monkeypatch):
     monkeypatch.setenv("TF_CPP_MIN_LOG_LEVEL", "2")
 
 
-def launch(script: str, *args: str, workers: int = 2, max_restarts: int = 0) -> subprocess.CompletedProcess:
+def launch(script: str, *args: str, workers: int = 2, max_restarts: int = 0,
+           env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
     command = [*LAUNCH, "--workers", str(workers), "--max-restarts", str(max_restarts), str(SCRIPTS / script), *args]
-    return subprocess.run(command, capture_output=True, text=True, timeout=TIMEOUT)
+    return subprocess.run(command, capture_output=True, text=True, timeout=TIMEOUT, env=env)
 
 
 def check_ok(run: subprocess.CompletedProcess) -> None:
@@ -69,16 +72,35 @@ def leftover_temp_dirs(out: Path) -> list[str]:
     return [d for pid in pids for d in glob.glob(os.path.join(tempfile.gettempdir(), f"kerasfed-worker*-{pid}-*"))]
 
 
-def test_two_workers_match_single_process_and_only_the_chief_writes(tmp_path):
-    user = tmp_path / "user"
+@pytest.fixture(scope="module")
+def two_worker_job(tmp_path_factory) -> tuple[Path, subprocess.CompletedProcess]:
+    """One launch of dist_train.py in two workers: train with the user's files, train
+    again from a dataset_fn, then record which examples each worker gets (--shards).
+
+    Module-scoped: its processes carry a token of their own (conftest.py's per-test
+    token is set after it runs), checked here the same way.
+    """
+    out = tmp_path_factory.mktemp("two_workers")
+    user = out / "user"
     user.mkdir()
     args = [
-        str(tmp_path), "--n", "64", "--batch", "16", "--epochs", "2", "--validation", "--dataset-fn",
+        str(out), "--n", "64", "--batch", "16", "--epochs", "2", "--validation", "--dataset-fn", "--shards",
         "--save", str(user / "model.keras"), "--checkpoint", str(user / "ckpt.keras"), "--csv", str(user / "log.csv"),
     ]
     if HAS_TENSORBOARD:
         args += ["--tensorboard", str(user / "tb")]
-    run = launch("dist_train.py", *args)
+    env, token = environ_with_token()
+    env.pop("TF_CONFIG", None)
+    env["TF_CPP_MIN_LOG_LEVEL"] = "2"
+    run = launch("dist_train.py", *args, env=env)
+    left = kill_processes_left(token)
+    assert not left, f"processes of the two-worker job are still running: {left}"
+    return out, run
+
+
+def test_two_workers_match_single_process_and_only_the_chief_writes(two_worker_job):
+    tmp_path, run = two_worker_job
+    user = tmp_path / "user"
     check_ok(run)
     # verbose="auto": progress from the chief, silence from the other worker.
     assert "[0] Epoch 1/2" in run.stdout and "[1] Epoch" not in run.stdout
@@ -119,8 +141,9 @@ def test_two_workers_match_single_process_and_only_the_chief_writes(tmp_path):
     assert len((user / "log.csv").read_text().strip().splitlines()) == 1 + 2  # header + 2 epochs, once
 
 
-def test_every_example_goes_to_exactly_one_worker(tmp_path):
-    check_ok(launch("dist_shards.py", str(tmp_path)))
+def test_every_example_goes_to_exactly_one_worker(two_worker_job):
+    tmp_path, run = two_worker_job
+    check_ok(run)
     ranks = [json.loads((tmp_path / f"shards.rank{r}.json").read_text()) for r in (0, 1)]
     assert ranks[0]["seed"] == ranks[1]["seed"]  # drawn on the chief, received by the other
 

@@ -533,3 +533,55 @@ def test_a_mean_round_holds_one_chunk_of_client_updates_at_a_time(form):
     assert history.params["engine_form"].startswith(f"native engine, {form}")
     assert history.history["num_examples"] == [600]
     assert _memory_mib("VmHWM") - start < 500
+
+
+def _failing_run(error, *, after_calls=0):
+    """A replacement for ClientWork.run that raises ``error`` after ``after_calls`` calls."""
+    calls = []
+
+    def wrap(run):
+        def run_or_fail(*args):
+            calls.append(1)
+            if len(calls) > after_calls:
+                raise error
+            return run(*args)
+        return run_or_fail
+    return wrap
+
+
+@pytest.mark.parametrize("when", ["first round", "later round"])
+def test_running_out_of_memory_is_reported_not_turned_into_another_form(when, caplog):
+    clients = _clients()
+    engine = _engine(_model(), "lockstep")
+    state = engine.initial_state(_model().get_weights())
+    rounds = [ClientRound(cid, x, y, np.arange(len(x))[None]) for cid, (x, y) in clients.items()]
+    if when == "later round":
+        state, _ = engine.train_round(state, rounds, 0)
+    oom = tf.errors.ResourceExhaustedError(None, None, "OOM when allocating tensor")
+    for work in engine._works:  # noqa: SLF001
+        work.run = _failing_run(oom)(work.run)
+    with pytest.raises(tf.errors.ResourceExhaustedError, match="OOM"):
+        engine.train_round(state, rounds, 1)
+    assert engine.form == "lockstep"
+    assert "using sequential" not in caplog.text
+
+
+def test_a_form_that_fails_in_the_first_round_falls_back_and_says_so(caplog):
+    clients = _clients()
+    model = _model()
+    engine = _engine(model, "lockstep")
+    state = engine.initial_state(model.get_weights())
+    rounds = [ClientRound(cid, x, y, np.arange(len(x))[None]) for cid, (x, y) in clients.items()]
+    failing = _failing_run(NotImplementedError("no vectorized kernel for this op"))
+    for work in engine._works:  # noqa: SLF001
+        work.run = failing(work.run)
+    with caplog.at_level("WARNING", logger="kerasfed"):
+        new, _ = engine.train_round(state, rounds, 0)
+    assert engine.form == "sequential"
+    assert "lockstep failed (NotImplementedError: no vectorized kernel" in caplog.text
+    assert "NotImplementedError" in engine.describe()
+    # A later failure of the same kind is the data's, not the form's: it is raised.
+    for work in engine._works:  # noqa: SLF001
+        work.run = _failing_run(NotImplementedError("later"))(work.run)
+    with pytest.raises(NotImplementedError, match="later"):
+        engine.train_round(new, rounds, 1)

@@ -2,7 +2,8 @@
 
 The unit tests render into fake terminals of a fixed width; the process tests run
 the fit calls, the launcher and an import of TensorFlow as a user would, with stdout
-a file or a pipe, and read what came out.
+a file or a pipe, and read what came out. Tests that import no TensorFlow (rendering,
+the noise filter, the launcher's relay) are marked ``tf_independent``: one suite runs them.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from pathlib import Path
 import pytest
 import tqdm
 
+from conftest import environ_with_token, kill_processes_left
 from kerasfed._console import TERMINAL_COLUMNS_VAR, resolve_verbose
 from kerasfed._tf_startup import is_startup_noise, quiet_tensorflow_startup
 from kerasfed.federated.progress import RoundProgress, round_line
@@ -83,6 +85,7 @@ def _run(args: list[str], *, env: dict[str, str], cwd: Path, stdout=subprocess.P
 
 
 @pytest.mark.native
+@pytest.mark.tf_independent
 @pytest.mark.parametrize("width", [200, 120, 100, 90, 79, 70, 60, 40, 30])
 def test_each_shown_value_is_whole_and_the_line_fits(width):
     line = round_line(7, 30, LOGS, width=width, timing=("0.21s/round  ETA 5s", "ETA 5s"))
@@ -100,6 +103,7 @@ def test_each_shown_value_is_whole_and_the_line_fits(width):
 
 
 @pytest.mark.native
+@pytest.mark.tf_independent
 def test_loss_and_first_metric_are_the_last_to_go():
     logs = {"loss": 0.5, "mean_absolute_error": 0.25, "mse": 0.5, "val_loss": 0.6,
             "val_mean_absolute_error": 0.3, "val_mse": 0.7, "fed_eval_loss": 0.8}
@@ -109,6 +113,7 @@ def test_loss_and_first_metric_are_the_last_to_go():
 
 
 @pytest.mark.native
+@pytest.mark.tf_independent
 def test_names_that_would_collide_stay_long():
     logs = {"loss": 1.0, "accuracy": 0.5, "sparse_categorical_accuracy": 0.5}
     line = round_line(1, 9, logs, width=79, timing=("x" * 40, "ETA 1s"))
@@ -116,6 +121,7 @@ def test_names_that_would_collide_stay_long():
 
 
 @pytest.mark.native
+@pytest.mark.tf_independent
 def test_tiny_and_huge_values_keep_their_digits():
     line = round_line(1, 1, {"loss": 123456.0, "accuracy": 0.00001234}, width=None)
     assert "loss 1.235e+05" in line and "accuracy 1.234e-05" in line
@@ -134,6 +140,7 @@ def _train(progress: RoundProgress, rounds: int, initial: int = 0) -> None:
 
 
 @pytest.mark.native
+@pytest.mark.tf_independent
 def test_terminal_bar_redraws_in_place_within_80_columns():
     terminal = _FakeTerminal()
     progress = RoundProgress(1, 3, stream=terminal, width=80)
@@ -154,6 +161,7 @@ def test_terminal_bar_redraws_in_place_within_80_columns():
 
 
 @pytest.mark.native
+@pytest.mark.tf_independent
 def test_a_wide_terminal_shows_the_full_names_then_tqdms_bar_and_timing():
     terminal = _FakeTerminal()
     _train(RoundProgress(1, 3, stream=terminal, width=120), 3)
@@ -167,6 +175,7 @@ def test_a_wide_terminal_shows_the_full_names_then_tqdms_bar_and_timing():
 
 
 @pytest.mark.native
+@pytest.mark.tf_independent
 def test_the_terminal_line_beside_a_users_own_tqdm_bar_uses_no_ansi_codes():
     with tqdm.tqdm(total=2, file=io.StringIO()):  # e.g. an outer loop over experiments
         terminal = _FakeTerminal()
@@ -176,6 +185,7 @@ def test_the_terminal_line_beside_a_users_own_tqdm_bar_uses_no_ansi_codes():
 
 
 @pytest.mark.native
+@pytest.mark.tf_independent
 @pytest.mark.parametrize("verbose", [1, 2])
 def test_into_a_file_one_line_per_round(verbose):
     log = io.StringIO()  # not a terminal: verbose=1 behaves as 2
@@ -192,6 +202,7 @@ def test_into_a_file_one_line_per_round(verbose):
 
 
 @pytest.mark.native
+@pytest.mark.tf_independent
 def test_verbose_0_prints_nothing():
     terminal = _FakeTerminal()
     progress = RoundProgress(0, 2, stream=terminal)
@@ -201,6 +212,7 @@ def test_verbose_0_prints_nothing():
 
 
 @pytest.mark.distributed
+@pytest.mark.tf_independent
 def test_auto_is_a_bar_for_a_terminal_or_a_launcher_terminal_and_lines_otherwise(monkeypatch):
     monkeypatch.delenv(TERMINAL_COLUMNS_VAR, raising=False)
     monkeypatch.setattr(sys, "stdout", io.StringIO())
@@ -217,12 +229,14 @@ def test_auto_is_a_bar_for_a_terminal_or_a_launcher_terminal_and_lines_otherwise
 
 
 @pytest.mark.distributed
+@pytest.mark.tf_independent
 def test_startup_noise_is_recognised_and_real_errors_are_not():
     assert [line for line in NOISE if not is_startup_noise(line)] == []
     assert [line for line in NOT_NOISE if is_startup_noise(line)] == []
 
 
 @pytest.mark.distributed
+@pytest.mark.tf_independent
 def test_quiet_startup_drops_noise_and_keeps_everything_else(capfd, monkeypatch):
     monkeypatch.delenv("TF_CPP_MIN_LOG_LEVEL", raising=False)
     with quiet_tensorflow_startup():
@@ -233,6 +247,7 @@ def test_quiet_startup_drops_noise_and_keeps_everything_else(capfd, monkeypatch)
 
 
 @pytest.mark.distributed
+@pytest.mark.tf_independent
 def test_quiet_startup_shows_the_captured_lines_when_the_block_raises(capfd, monkeypatch):
     monkeypatch.delenv("TF_CPP_MIN_LOG_LEVEL", raising=False)
     with pytest.raises(ImportError, match="libcudart.so.12: cannot open"):
@@ -243,22 +258,13 @@ def test_quiet_startup_shows_the_captured_lines_when_the_block_raises(capfd, mon
 
 
 @pytest.mark.distributed
+@pytest.mark.tf_independent
 def test_quiet_startup_leaves_a_users_log_level_alone(capfd, monkeypatch):
     monkeypatch.setenv("TF_CPP_MIN_LOG_LEVEL", "0")
     with quiet_tensorflow_startup():
         os.write(2, NOISE[0])
     assert os.environ["TF_CPP_MIN_LOG_LEVEL"] == "0"
     assert capfd.readouterr().err.encode() == NOISE[0]
-
-
-@pytest.mark.distributed
-def test_the_demos_tensorflow_start_prints_no_startup_lines(tmp_path):
-    code = "import sys; sys.path.insert(0, sys.argv[1]); import demo; demo.start_tensorflow()"
-    proc = _run(["-c", code, str(ROOT / "examples")], env=_env_without_log_level(), cwd=tmp_path)
-    err = proc.stderr.decode(errors="replace")
-    assert [line for line in err.splitlines(keepends=True) if is_startup_noise(line.encode())] == []
-    for word in ("absl::InitializeLog", "cuda drivers", "cuDNN", "oneDNN", "cuInit"):
-        assert word not in err, err
 
 
 # -- kerasfed launch: the workers' environment and the relay -------------------------------
@@ -273,6 +279,7 @@ print(os.environ.get("TF_CPP_MIN_LOG_LEVEL"), os.environ.get("{columns}"))
 
 
 @pytest.mark.distributed
+@pytest.mark.tf_independent
 @pytest.mark.parametrize("user_level", [None, "0"])
 def test_launcher_drops_startup_lines_unless_the_user_set_the_level(tmp_path, user_level):
     script = tmp_path / "noisy.py"
@@ -291,6 +298,7 @@ def test_launcher_drops_startup_lines_unless_the_user_set_the_level(tmp_path, us
 
 
 @pytest.mark.distributed
+@pytest.mark.tf_independent
 def test_a_live_worker_learns_the_columns_left_beside_its_prefix(monkeypatch):
     class Terminal(io.BytesIO):
         def isatty(self):
@@ -327,6 +335,11 @@ FIT_BOTH = """
 import json, sys
 import numpy as np
 import kerasfed
+
+if "demo_start" in sys.argv:  # TensorFlow started as examples/demo.py starts it
+    sys.path.insert(0, sys.argv[sys.argv.index("demo_start") + 1])
+    import demo
+    demo.start_tensorflow()
 from kerasfed._compat import keras
 
 rng = np.random.default_rng(0)
@@ -350,16 +363,37 @@ if "federated" in sys.argv:
 """
 
 
+@pytest.fixture(scope="module")
+def fit_both_into_a_file(tmp_path_factory) -> tuple[str, str]:
+    """One process: TensorFlow started as the demo starts it, then both fit calls with
+    stdout a file; its stdout and stderr. (Module-scoped: one TensorFlow start serves
+    two tests; its processes carry a token of their own, checked the same way.)"""
+    folder = tmp_path_factory.mktemp("fit_both")
+    script = folder / "fit_both.py"
+    script.write_text(FIT_BOTH)
+    env, token = environ_with_token()
+    env.pop("TF_CPP_MIN_LOG_LEVEL", None)
+    log = folder / "log.txt"
+    with open(log, "wb") as f:
+        proc = _run([str(script), "distributed", "federated", "demo_start", str(ROOT / "examples")],
+                    env=env, cwd=folder, stdout=f)
+    left = kill_processes_left(token)
+    assert not left, f"processes of the fit_both run are still running: {left}"
+    return log.read_text(), proc.stderr.decode(errors="replace")
+
+
+@pytest.mark.distributed
+def test_the_demos_tensorflow_start_prints_no_startup_lines(fit_both_into_a_file):
+    _, err = fit_both_into_a_file  # nor does training afterwards
+    assert [line for line in err.splitlines(keepends=True) if is_startup_noise(line.encode())] == []
+    for word in ("absl::InitializeLog", "cuda drivers", "cuDNN", "oneDNN", "cuInit"):
+        assert word not in err, err
+
+
 @pytest.mark.distributed
 @pytest.mark.native
-def test_both_fit_calls_write_one_line_per_epoch_or_round_into_a_file(tmp_path):
-    script = tmp_path / "fit_both.py"
-    script.write_text(FIT_BOTH)
-    log = tmp_path / "log.txt"
-    with open(log, "wb") as f:
-        _run([str(script), "distributed", "federated"], env=_env_without_log_level(),
-             cwd=tmp_path, stdout=f)
-    out = log.read_text()
+def test_both_fit_calls_write_one_line_per_epoch_or_round_into_a_file(fit_both_into_a_file):
+    out, _ = fit_both_into_a_file
     assert "\r" not in out and "\b" not in out and ANSI not in out, repr(out[:2000])
     lines = out.splitlines()
     # fit_distributed, verbose="auto" outside a terminal: Keras' verbose=2.

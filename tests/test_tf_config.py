@@ -16,7 +16,8 @@ from kerasfed.distributed.tf_config import (
     split_address,
 )
 
-pytestmark = pytest.mark.distributed
+# TF_CONFIG is parsed without TensorFlow (test_no_tensorflow_import): one suite runs it.
+pytestmark = [pytest.mark.distributed, pytest.mark.tf_independent]
 
 W2 = ["127.0.0.1:2222", "127.0.0.1:2223"]
 

@@ -1,16 +1,18 @@
 """``fit_federated``'s arguments: every check, once, before any engine starts.
 
-``check_arguments`` turns the call's arguments into a ``Plan``: the resolved
-model, engine, algorithm and optimizer settings, the clients as a ``ClientData``,
-the checkpoint to resume, the seed. Every bad value raises here, with what was
-expected, what was received and how to fix it.
+``check_arguments`` turns the call's arguments into a ``Plan``: the engine
+(``engine="auto"`` asks the TFF engine what it can run,
+``engines/tff/capabilities.py``), the ``EngineSetup`` the engine is built from
+(built here, once), the clients as a ``ClientData`` and the round loop's
+settings. Every bad value raises here, with what was expected, what was
+received and how to fix it. It only checks: the checkpoint to resume and the
+seed are settled where training starts (``fit._resume_point``).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import os
-import secrets
 import warnings
 from typing import Any
 
@@ -27,25 +29,20 @@ from kerasfed.errors import (  # noqa: F401  (defined with the family)
 from kerasfed.federated import checkpoint as ckpt
 from kerasfed.federated import aggregators as agg
 from kerasfed.federated.aggregators import accounting
-from kerasfed.federated.algorithms import FedSGD, get_algorithm
+from kerasfed.federated.algorithms import get_algorithm
 from kerasfed.federated.attack import Attack
 from kerasfed.federated.client_optimizers import client_optimizer_from_keras
 from kerasfed.federated.engines.native.forward import keras_inputs
+from kerasfed.federated.learning_rates import RoundSchedule, round_schedule
 from kerasfed.federated.clients import ClientData, ClientDataError, as_client_data
 from kerasfed.federated.clients.structure import to_tensors
 from kerasfed.federated.compiled_parts import CompiledParts
-from kerasfed.federated.engines import resolve_engine
+from kerasfed.federated.engines import EngineSetup, resolve_engine
+from kerasfed.federated.engines.tff import capabilities as tff_capabilities
 from kerasfed.federated.model_outputs import OutputLayout
 from kerasfed.federated.progress import resolve_verbose
-from kerasfed.federated.server_optimizers import (
-    check_server_learning_rate,
-    resolve_server_optimizer,
-)
-from kerasfed.federated.strategy_argument import (
-    agree_between_workers,
-    engine_for_strategy,
-    resolve_replicas,
-)
+from kerasfed.federated.server_optimizers import resolve_server_optimizer
+from kerasfed.federated.strategy_argument import engine_for_strategy, resolve_replicas
 
 _CALLER = "fit_federated"
 
@@ -61,44 +58,58 @@ BATCHNORM_WARNING = (
 
 
 
+def _of_setup(name: str) -> property:
+    return property(lambda plan: getattr(plan.setup, name), doc=f"``setup.{name}``.")
+
+
 @dataclasses.dataclass
 class Plan:
-    """Checked arguments and everything derived from them."""
+    """Checked arguments and everything derived from them.
+
+    What the engine is built from is held once, in ``setup`` (the
+    ``EngineSetup`` handed to the engine); the round loop reads those settings
+    through it (``plan.model`` is ``plan.setup.model``, ...).
+    """
 
     engine: str
-    model: keras.Model
-    recipe: ModelRecipe
-    parts: CompiledParts
+    setup: EngineSetup
     clients: ClientData
     eval_clients: ClientData | None
     eval_clients_per_round: int | None
     validation: tuple[np.ndarray, np.ndarray] | None
     rounds: int
     clients_per_round: int | None
-    local_epochs: int
-    batch_size: int
     validation_batch_size: int
     shuffle: bool
     evaluate_every: int
-    algorithm: Any
-    server_optimizer: Any
-    server_learning_rate: float
-    client_optimizer: Any
-    max_parallel_clients: int | None
-    aggregator: agg.Chain
     client_sampling: str
-    expected_clients: int
-    attack: Attack | None
-    attackers: frozenset
     label_rule: tuple[int | None, bool | None]
     callbacks: list
     checkpoint_dir: str | None
-    checkpoint: ckpt.Checkpoint | None
     fingerprint: dict[str, str]
-    seed: int
     verbose: int
-    replicas: Any = None
-    layout: OutputLayout | None = None
+    # Set where training starts (fit.py), from the checkpoint and the other
+    # workers, with ``setup.seed`` (None until then unless given) and ``setup.attackers``:
+    checkpoint: ckpt.Checkpoint | None = None
+
+    model = _of_setup("model")
+    recipe = _of_setup("recipe")
+    parts = _of_setup("parts")
+    algorithm = _of_setup("algorithm")
+    client_optimizer = _of_setup("client_optimizer")
+    server_optimizer = _of_setup("server_optimizer")
+    server_learning_rate = _of_setup("server_learning_rate")
+    client_learning_rate = _of_setup("client_learning_rate")
+    batch_size = _of_setup("batch_size")
+    local_epochs = _of_setup("local_epochs")
+    max_parallel_clients = _of_setup("max_parallel_clients")
+    aggregator = _of_setup("aggregator")
+    expected_clients = _of_setup("expected_clients")
+    attack = _of_setup("attack")
+    attackers = _of_setup("attackers")
+    seed = _of_setup("seed")
+    replicas = _of_setup("replicas")
+    layout = _of_setup("layout")
 
     @property
     def chief(self) -> bool:
@@ -134,36 +145,37 @@ def check_arguments(model: Any, clients: Any, **args: Any) -> Plan:
     checkpoint_dir = _check_checkpoint_dir(args["checkpoint_dir"])
 
     model = resolve_compiled_model(model, caller=_CALLER)
-    # The TFF engine rebuilds the model from its config inside TFF's graphs; the
-    # native engine trains the model itself, so subclassed models need no config.
-    requested = args["engine"]
-    auto = isinstance(requested, str) and requested.lower() == "auto" and args["strategy"] is None
-    if engine == "tff" and auto and _has_several_inputs_or_outputs(model):
-        engine = "native"  # TFF's Keras wrapper takes one input and one output
-    recipe = ModelRecipe.from_model(model, caller=_CALLER, rebuild=engine == "tff")
-    _check_single_input_output(model, engine)
-    layout = OutputLayout.of(model)
     algorithm = get_algorithm(args["algorithm"])
     server_optimizer = resolve_server_optimizer(args["server_optimizer"])
-    server_learning_rate = check_server_learning_rate(args["server_learning_rate"])
+    server_learning_rate = round_schedule(args["server_learning_rate"],
+                                          name="server_learning_rate", rounds=rounds)
+    client_learning_rate = args["client_learning_rate"]
+    if client_learning_rate is not None:
+        client_learning_rate = round_schedule(client_learning_rate,
+                                              name="client_learning_rate", rounds=rounds)
+    client_data = as_client_data(clients, what="clients")
+    eval_data = (None if args["evaluation_clients"] is None else
+                 as_client_data(args["evaluation_clients"], what="evaluation_clients"))
+    chain = agg.resolve_chain(args["aggregator"])
+    if engine == "tff":
+        requested = args["engine"]
+        auto = (isinstance(requested, str) and requested.lower() == "auto"
+                and args["strategy"] is None)
+        engine = _tff_or_native(auto, model=model, clients=client_data,
+                                evaluation_clients=eval_data,
+                                validation_data=args["validation_data"], aggregator=chain,
+                                algorithm=algorithm, attack=args["attack"])
+    # The TFF engine rebuilds the model from its config inside TFF's graphs; the
+    # native engine trains the model itself, so subclassed models need no config.
+    recipe = ModelRecipe.from_model(model, caller=_CALLER, rebuild=engine == "tff")
+    if engine == "native":
+        _check_native_model(model)
+    layout = OutputLayout.of(model)
     client_opt = (
-        client_optimizer_from_keras(recipe.optimizer_config(), caller=_CALLER)
+        _client_optimizer(recipe, client_learning_rate)
         if algorithm.uses_client_optimizer
         else None
     )
-
-    client_data = as_client_data(clients, what="clients")
-    if engine == "tff" and _needs_native(client_data):
-        if auto:
-            engine = "native"
-        else:
-            _refuse_on_tff(client_data, "clients")
-    eval_data = (None if args["evaluation_clients"] is None else
-                 as_client_data(args["evaluation_clients"], what="evaluation_clients"))
-    if engine == "tff" and auto and (
-            (eval_data is not None and _needs_native(eval_data))
-            or _validation_needs_native(args["validation_data"])):
-        engine = "native"
     client_data = _canonical_clients(client_data, layout, "clients")
     output_shape = _output_shape(model, client_data, layout)
     num_classes, sparse = _label_rule(recipe, output_shape) if layout.single else (None, None)
@@ -172,7 +184,6 @@ def check_arguments(model: Any, clients: Any, **args: Any) -> Plan:
     if cpr is not None:
         cpr = _check_int("clients_per_round", cpr, 1, len(client_data))
     _check_features(model, client_data, "clients")
-    chain = agg.resolve_chain(args["aggregator"])
     sampling = _check_client_sampling(args["client_sampling"])
     expected = cpr if cpr is not None else len(client_data)
     attack = _check_attack(args["attack"], num_classes)
@@ -181,21 +192,15 @@ def check_arguments(model: Any, clients: Any, **args: Any) -> Plan:
             f"{_CALLER}: Attack('label_flip') flips one array of class labels; this model has "
             f"{len(layout.names)} outputs {list(layout.names)}. Use an update attack "
             f"('sign_flip', 'scale', ...) with several outputs.")
-    _check_aggregation(chain, engine=engine, algorithm=algorithm, sampling=sampling,
-                       expected=expected, attack=attack)
+    _check_aggregation(chain, sampling=sampling, expected=expected)
     parts = CompiledParts.of(recipe, client_data.element_spec[1], output_shape,
                              layout=layout, structured=engine == "native")
-    if engine == "tff":
-        _check_weight_layout(model)
     rules = _label_check(num_classes, sparse, client_data, label_rules)
     client_data.validate(**rules)
 
     eval_clients = None
     if eval_data is not None:
-        eval_clients = eval_data
-        if engine == "tff" and _needs_native(eval_clients):
-            _refuse_on_tff(eval_clients, "evaluation_clients")
-        eval_clients = _canonical_clients(eval_clients, layout, "evaluation_clients")
+        eval_clients = _canonical_clients(eval_data, layout, "evaluation_clients")
         _check_same_spec(client_data, eval_clients)
         eval_clients.validate(**_label_check(num_classes, sparse, eval_clients, label_rules))
     eval_per_round = args["evaluation_clients_per_round"]
@@ -214,6 +219,7 @@ def check_arguments(model: Any, clients: Any, **args: Any) -> Plan:
     _warn_settings_without_effect(
         algorithm, local_epochs, evaluate_every,
         has_evaluation=validation is not None or eval_clients is not None,
+        client_learning_rate=client_learning_rate,
     )
     if validation_batch_size is not None and validation is None:
         warnings.warn(
@@ -230,47 +236,63 @@ def check_arguments(model: Any, clients: Any, **args: Any) -> Plan:
 
     fingerprint = ckpt.training_fingerprint(
         model=model, recipe=recipe, algorithm=algorithm, server_optimizer=server_optimizer,
-        server_learning_rate=server_learning_rate, clients=client_data,
+        server_learning_rate=server_learning_rate.constant or 1.0, clients=client_data,
         clients_per_round=cpr, local_epochs=local_epochs, batch_size=batch_size,
         shuffle=shuffle, aggregator=chain, client_sampling=sampling, attack=attack,
     )
-    checkpoint = None
-    if checkpoint_dir is not None:
-        checkpoint = ckpt.load_checkpoint(checkpoint_dir)
-        if checkpoint is not None:
-            ckpt.check_resumable(
-                checkpoint, directory=checkpoint_dir, fingerprint=fingerprint,
-                seed=seed, rounds=rounds,
-            )
-            seed = checkpoint.seed
-    if seed is None:
-        seed = secrets.randbelow(2**31)  # recorded in History.params and checkpoints
-    seed = agree_between_workers(
-        replicas, seed=seed, rounds_completed=checkpoint.rounds_completed if checkpoint else 0,
-        checkpoint_dir=checkpoint_dir)
+    fingerprint.update(_rates_fingerprint(server_optimizer, server_learning_rate,
+                                          client_learning_rate))
 
+    setup = EngineSetup(
+        model=model, recipe=recipe, parts=parts, algorithm=algorithm,
+        client_optimizer=client_opt, server_optimizer=server_optimizer,
+        server_learning_rate=server_learning_rate, client_learning_rate=client_learning_rate,
+        batch_size=batch_size, element_spec=client_data.element_spec,
+        federated_evaluation=eval_clients is not None, max_parallel_clients=max_parallel,
+        largest_client=max(client_data.num_examples(c) for c in client_data.client_ids),
+        num_clients=len(client_data.client_ids), local_epochs=local_epochs, aggregator=chain,
+        attack=attack, seed=seed, expected_clients=expected, replicas=replicas, layout=layout,
+    )
     return Plan(
-        engine=engine, model=model, recipe=recipe, parts=parts, clients=client_data,
-        eval_clients=eval_clients, eval_clients_per_round=eval_per_round,
-        validation=validation, rounds=rounds,
-        clients_per_round=cpr, local_epochs=local_epochs, batch_size=batch_size,
-        validation_batch_size=validation_batch_size or batch_size,
-        shuffle=shuffle, evaluate_every=evaluate_every, algorithm=algorithm,
-        server_optimizer=server_optimizer, server_learning_rate=server_learning_rate,
-        client_optimizer=client_opt, max_parallel_clients=max_parallel, aggregator=chain,
-        client_sampling=sampling, expected_clients=expected, attack=attack,
-        attackers=attack.attackers(client_data.client_ids, seed) if attack else frozenset(),
-        label_rule=(num_classes, sparse), callbacks=callbacks,
-        checkpoint_dir=checkpoint_dir, checkpoint=checkpoint, fingerprint=fingerprint,
-        seed=seed, verbose=verbose, replicas=replicas, layout=layout,
+        engine=engine, setup=setup, clients=client_data, eval_clients=eval_clients,
+        eval_clients_per_round=eval_per_round, validation=validation, rounds=rounds,
+        clients_per_round=cpr, validation_batch_size=validation_batch_size or batch_size,
+        shuffle=shuffle, evaluate_every=evaluate_every, client_sampling=sampling,
+        label_rule=(num_classes, sparse), callbacks=callbacks, checkpoint_dir=checkpoint_dir,
+        fingerprint=fingerprint, verbose=verbose,
     )
 
 
+def _client_optimizer(recipe: ModelRecipe, client_learning_rate: RoundSchedule | None) -> Any:
+    """The compiled optimizer's rule; its learning rate replaced by round 0's of
+    ``client_learning_rate`` when given (the engines set later rounds' rates)."""
+    config = recipe.optimizer_config()
+    if client_learning_rate is not None:
+        # Replaced before the rule is read: a compiled per-step schedule, which
+        # federated clients cannot follow, is then no reason to refuse the model.
+        config = {**config, "config": {**config["config"],
+                                       "learning_rate": client_learning_rate(0) or 1.0}}
+    spec = client_optimizer_from_keras(config, caller=_CALLER)
+    if client_learning_rate is not None:
+        spec = dataclasses.replace(spec, learning_rate=client_learning_rate(0))
+    return spec
+
+
+def _rates_fingerprint(server_optimizer: Any, server_learning_rate: RoundSchedule,
+                       client_learning_rate: RoundSchedule | None) -> dict[str, str]:
+    """Fingerprint entries of the learning rates that ``training_fingerprint``
+    does not describe: schedules, and a client rate that replaces the compiled one.
+    Constant server rates keep their old entry, so older checkpoints resume."""
+    entries = {}
+    if server_learning_rate.constant is None:
+        entries["server_optimizer"] = (
+            f"{server_optimizer!r}, learning_rate={server_learning_rate.description}")
+    if client_learning_rate is not None:
+        entries["client_learning_rate"] = client_learning_rate.description
+    return entries
+
+
 SAMPLINGS = ("uniform", "poisson")
-# What the TFF engine can translate into tff.aggregators (engines/tff/aggregators.py).
-# TFF's SecureSumFactory builds, but its worker cannot run the secure-sum
-# intrinsics ("Cannot embed a federated value"), so SecureSum is native only.
-TFF_AGGREGATORS = (agg.Mean, agg.ClipNorm, agg.Zeroing, agg.Quantize, agg.DPMean)
 
 
 def _check_client_sampling(value: Any) -> str:
@@ -302,8 +324,7 @@ def _check_attack(attack: Any, num_classes: int | None) -> Attack | None:
     return attack
 
 
-def _check_aggregation(chain: Any, *, engine: str, algorithm: Any, sampling: str,
-                       expected: int, attack: Attack | None) -> None:
+def _check_aggregation(chain: Any, *, sampling: str, expected: int) -> None:
     need = chain.combiner.min_clients()
     if sampling == "uniform" and expected < need:
         raise FederatedArgumentError(
@@ -316,27 +337,6 @@ def _check_aggregation(chain: Any, *, engine: str, algorithm: Any, sampling: str
         dp.noise_parameters(expected)
         accounting.check_supported(dp.accountant, sampling=sampling,
                                    noise_multiplier=dp.noise_multiplier)
-    if engine != "tff":
-        return
-    native_only = [s for s in chain.steps if not isinstance(s, TFF_AGGREGATORS)
-                   or (isinstance(s, agg.Quantize) and (s.rotation or s.clip_range))]
-    if native_only:
-        raise FederatedArgumentError(
-            f"{_CALLER}: the TFF engine has no {', '.join(repr(s) for s in native_only)} "
-            f"(TFF 0.87's aggregators cannot see every client's update at once, keep "
-            f"client memories, or rotate, and its worker cannot run secure sums). Use "
-            f"engine='native'."
-        )
-    if dp is not None and isinstance(algorithm, FedSGD):
-        raise FederatedArgumentError(
-            f"{_CALLER}: TFF's FedSGD takes only example-weighted aggregators, and "
-            f"{chain.combiner.name} counts every client once. Use engine='native'."
-        )
-    if attack is not None and attack.on_updates:
-        raise FederatedArgumentError(
-            f"{_CALLER}: the TFF engine cannot alter clients' updates, so "
-            f"Attack({attack.kind!r}) runs on engine='native' only (label_flip runs on both)."
-        )
 
 
 def _check_bool(name: str, value: Any) -> bool:
@@ -346,16 +346,6 @@ def _check_bool(name: str, value: Any) -> bool:
             f"of type {type(value).__name__}."
         )
     return bool(value)
-
-
-def _check_weight_layout(model: keras.Model) -> None:
-    position = {id(v): i for i, v in enumerate(model.weights)}
-    listed = [id(v) for v in [*model.trainable_weights, *model.non_trainable_weights]]
-    if sorted(position.get(i, -1) for i in listed) != list(range(len(position))):
-        raise ModelError(
-            f"{_CALLER}: the model {model.name!r} lists some weights twice or outside its "
-            f"trainable/non-trainable weights; TFF cannot map them. Use engine='native'."
-        )
 
 
 def _check_int(name: str, value: Any, minimum: int, maximum: int | None = None) -> int:
@@ -392,66 +382,44 @@ def _check_checkpoint_dir(directory: Any) -> str | None:
     return directory
 
 
-def _check_single_input_output(model: keras.Model, engine: str) -> None:
+def _tff_or_native(auto: bool, **training: Any) -> str:
+    """``"tff"`` when the TFF engine can run ``training`` (see
+    ``engines/tff/capabilities.why_not``), else ``"native"`` for ``engine="auto"``.
+
+    Raises:
+      ModelError, AlgorithmError, FederatedArgumentError: ``engine="tff"`` was
+        asked for a training it cannot run (the message names engine='native').
+    """
+    attack = training["attack"]
+    # A wrong `attack` type is reported by its own check, on either engine.
+    training["attack"] = attack if isinstance(attack, Attack) else None
+    problem = tff_capabilities.why_not(**training)
+    if problem is None:
+        return "tff"
+    if not auto or not _native_takes(training["model"]):
+        raise problem
+    return "native"
+
+
+def _native_takes(model: keras.Model) -> bool:
+    """Whether the native engine trains ``model``: under Keras 2 its stateless form
+    needs a Sequential or functional model (several inputs and outputs are fine);
+    under Keras 3 any model."""
     try:
-        shapes = (("input", model.input_shape), ("output", model.output_shape))
+        model.input_shape, model.output_shape  # noqa: B018  (raise for subclassed models)
     except (AttributeError, ValueError):  # a subclassed model: no fixed input/output shape
-        if engine == "native" and KERAS_3:
-            return  # trained as it is; its data's shapes are checked when it first runs
+        return KERAS_3
+    return True
+
+
+def _check_native_model(model: keras.Model) -> None:
+    if not _native_takes(model):
         raise ModelError(
             f"{_CALLER}: the model {model.name!r} of class {type(model).__name__} has no "
-            f"fixed input and output shape (a subclassed model). "
-            + ("The TFF engine trains Sequential and functional models only"
-               if engine == "tff" else "Under Keras 2 kerasfed trains Sequential and "
-               "functional models only")
-            + "; rebuild it with keras.Sequential or keras.Model(inputs, outputs)"
-            + (", or use engine='native' under Keras 3." if engine == "tff" else ".")
-        ) from None
-    if engine == "native":
-        return  # several inputs and outputs: lists or dicts, as Keras takes them
-    for what, shape in shapes:
-        if not isinstance(shape, tuple) or (shape and isinstance(shape[0], (tuple, list))):
-            raise ModelError(
-                f"{_CALLER}: the model {model.name!r} has several {what}s ({shape}). "
-                f"The TFF engine trains models with one input and one output; use "
-                f"engine='native', which takes several inputs and outputs."
-            )
-
-
-def _has_several_inputs_or_outputs(model: keras.Model) -> bool:
-    try:
-        return len(model.inputs) > 1 or len(model.outputs) > 1 or isinstance(
-            model.output, dict) or isinstance(model.input, dict)
-    except (AttributeError, ValueError, TypeError):  # subclassed: no fixed inputs
-        return False
-
-
-def _needs_native(data: ClientData) -> bool:
-    return data.structured or data.has_sample_weights or data.has_strings
-
-
-def _validation_needs_native(value: Any) -> bool:
-    """Whether ``validation_data`` holds what only the native engine takes (for
-    ``engine="auto"``); data that does not convert is left to its full check."""
-    if value is None or isinstance(value, tf.data.Dataset):  # a dataset: checked later
-        return False
-    if not isinstance(value, (tuple, list)) or len(value) not in (2, 3):
-        return False
-    try:
-        return _needs_native(ClientData({"validation_data": tuple(value)}))
-    except (ValueError, TypeError):  # the family's classes derive from these
-        return False
-
-
-def _refuse_on_tff(data: ClientData, what: str) -> None:
-    found = ("sample weights" if data.has_sample_weights else
-             "string features or labels" if data.has_strings else
-             "several arrays of features or labels (dicts, lists or tuples)")
-    raise FederatedArgumentError(
-        f"{_CALLER}: `{what}` have {found}, which the TFF engine cannot train on (TFF's "
-        f"Keras wrapper takes one numeric input and one label array, unweighted). Use "
-        f"engine='native'."
-    )
+            f"fixed input and output shape (a subclassed model). Under Keras 2 kerasfed "
+            f"trains Sequential and functional models only; rebuild it with "
+            f"keras.Sequential or keras.Model(inputs, outputs)."
+        )
 
 
 def _canonical_clients(data: ClientData, layout: OutputLayout, what: str) -> ClientData:
@@ -662,8 +630,8 @@ def _check_validation_data(
     # Checked as one pseudo-client whose id, in backticks, makes the checks' messages
     # name the argument (clients.validation.client_name).
     data = ClientData({"`validation_data`": tuple(validation_data)})
-    if engine == "tff" and _needs_native(data):
-        _refuse_on_tff(data, "validation_data")
+    if engine == "tff" and tff_capabilities.needs_native(data):
+        raise tff_capabilities.refusal(data, "validation_data")
     _check_features(model, data, "validation_data")
     if layout is not None:
         data = _canonical_clients(data, layout, "validation_data")
@@ -684,8 +652,17 @@ def _warn_ignored_compile_settings(recipe: Any) -> None:
 
 
 def _warn_settings_without_effect(
-    algorithm: Any, local_epochs: int, evaluate_every: int, *, has_evaluation: bool
+    algorithm: Any, local_epochs: int, evaluate_every: int, *, has_evaluation: bool,
+    client_learning_rate: RoundSchedule | None = None,
 ) -> None:
+    if client_learning_rate is not None and not algorithm.uses_client_optimizer:
+        warnings.warn(
+            f"{_CALLER}: client_learning_rate has no effect with algorithm="
+            f"{algorithm.name!r}: its clients compute one gradient and do not train (the "
+            f"server applies it with `server_optimizer` at `server_learning_rate`).",
+            UserWarning,
+            stacklevel=user_stacklevel(),
+        )
     if evaluate_every != 1 and not has_evaluation:
         warnings.warn(
             f"{_CALLER}: evaluate_every={evaluate_every} has no effect without "

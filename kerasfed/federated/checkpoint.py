@@ -9,6 +9,17 @@ and a fingerprint of the training configuration. It is rewritten after every rou
 through a temporary file and ``os.replace``, so a crash at any moment leaves
 either the previous round's file or the new one, never a partial one.
 
+Per-client state (a ``ClientStateStore``: ``TopK``'s residuals, SCAFFOLD's
+control variates) is saved beside it, in ``<checkpoint_dir>/kerasfed_client_states/``,
+as a journal: each save writes only the rows changed since the previous save
+into new files that are never modified afterwards, and the npz lists the files
+to replay, in order, to rebuild the store. Files are written and synced before
+the npz that lists them replaces the previous one, and removed only after, so a
+crash at any moment (SIGKILL mid-round included) leaves an npz whose files are
+all complete: what the live store writes during the next round never touches
+them. When the journal holds more than twice the rows the store has, a save
+writes every row once more instead (a new base), and the old files go.
+
 The fingerprint holds readable descriptions (model architecture, loss, optimizers,
 algorithm, clients, sampling and batching settings); a resume whose description
 differs raises ``CheckpointMismatchError`` naming each difference, because it
@@ -21,6 +32,7 @@ import dataclasses
 import hashlib
 import json
 import os
+import secrets
 import tempfile
 from collections.abc import Iterator, Mapping
 from typing import Any
@@ -32,12 +44,32 @@ from kerasfed.errors import (  # noqa: F401  (defined with the family)
     CheckpointError,
     CheckpointMismatchError,
 )
+from kerasfed.federated.client_state import ClientStateStore
 from kerasfed.federated.engines.base import NeutralState
 
 CHECKPOINT_FILE = "kerasfed_federated.npz"
+CLIENT_STATES_DIR = "kerasfed_client_states"
 GROUPS = ("optimizer", "algorithm", "aggregator")  # NeutralState's named slot groups
-_FORMAT = 2  # 1: TFF's flattened state (before the engine seam)
+# 1: TFF's flattened state (before the engine seam); 2: TopK's residuals in the
+# aggregator state ("<step>/residual/<cid>"); 3: per-client state in a journal.
+_FORMAT = 3
+_READABLE = (2, 3)
 _META = "meta"
+# Rows of one journal file, at most: a file is read whole when it is replayed.
+_JOURNAL_FILE_BYTES = 64 << 20
+
+
+@dataclasses.dataclass(frozen=True)
+class SavedClientStates:
+    """What a checkpoint holds of a ``ClientStateStore``.
+
+    Attributes:
+      templates: Each table's template, by table name.
+      files: The journal files to replay, in order: ``(table, file name, rows)``.
+    """
+
+    templates: dict[str, list[np.ndarray]]
+    files: list[tuple[str, str, int]]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -50,6 +82,8 @@ class Checkpoint:
       fingerprint: ``{component: description}`` of the training configuration.
       round_logs: The logs of each completed round, in order.
       state: The server state (``NeutralState``): weights, optimizer, algorithm.
+      client_states: The per-client state saved with it, or None (set by
+        ``load_checkpoint``; ``save_checkpoint`` takes the store itself).
     """
 
     rounds_completed: int
@@ -57,6 +91,7 @@ class Checkpoint:
     fingerprint: dict[str, str]
     round_logs: list[dict[str, float]]
     state: NeutralState
+    client_states: SavedClientStates | None = None
 
 
 def checkpoint_path(directory: str | os.PathLike) -> str:
@@ -64,10 +99,20 @@ def checkpoint_path(directory: str | os.PathLike) -> str:
     return os.path.join(os.fspath(directory), CHECKPOINT_FILE)
 
 
-def save_checkpoint(directory: str | os.PathLike, checkpoint: Checkpoint) -> None:
-    """Writes ``checkpoint`` atomically (temporary file, fsync, ``os.replace``)."""
+def save_checkpoint(directory: str | os.PathLike, checkpoint: Checkpoint,
+                    client_states: ClientStateStore | None = None) -> None:
+    """Writes ``checkpoint`` atomically (temporary file, fsync, ``os.replace``).
+
+    Args:
+      directory: The checkpoint directory (made if missing).
+      checkpoint: What to save.
+      client_states: The run's per-client state, saved beside it: the rows changed
+        since this store's previous save in ``directory`` (all rows on its first).
+    """
     directory = os.fspath(directory)
     os.makedirs(directory, exist_ok=True)
+    journal = None if client_states is None else _write_journal(directory, client_states,
+                                                                checkpoint.rounds_completed)
     meta = {
         "format": _FORMAT,
         "rounds_completed": checkpoint.rounds_completed,
@@ -79,11 +124,16 @@ def save_checkpoint(directory: str | os.PathLike, checkpoint: Checkpoint) -> Non
         "algorithm": {k: len(v) for k, v in checkpoint.state.algorithm.items()},
         "aggregator": {k: len(v) for k, v in checkpoint.state.aggregator.items()},
     }
-    arrays = {_META: np.array(json.dumps(meta))}
-    arrays.update({f"weights_{i:05d}": np.asarray(a) for i, a in enumerate(checkpoint.state.weights)})
+    arrays = {f"weights_{i:05d}": np.asarray(a) for i, a in enumerate(checkpoint.state.weights)}
     for group in GROUPS:
         for slot, values in getattr(checkpoint.state, group).items():
             arrays.update({f"{group}/{slot}/{i:05d}": np.asarray(a) for i, a in enumerate(values)})
+    if journal is not None:
+        meta["client_states"] = {"tables": {name: len(t) for name, t in journal.templates.items()},
+                                 "files": journal.files}
+        for name, template in journal.templates.items():
+            arrays.update({f"client_states/{name}/{i:05d}": t for i, t in enumerate(template)})
+    arrays[_META] = np.array(json.dumps(meta))
     fd, tmp = tempfile.mkstemp(prefix=".kerasfed-", suffix=".tmp", dir=directory)
     try:
         with os.fdopen(fd, "wb") as f:
@@ -96,6 +146,120 @@ def save_checkpoint(directory: str | os.PathLike, checkpoint: Checkpoint) -> Non
             os.unlink(tmp)
         raise
     _fsync_directory(directory)
+    if journal is not None:
+        client_states.saved_journals[os.path.realpath(directory)] = journal
+        for table in client_states.tables.values():
+            table.mark_clean()
+        _remove_unlisted(directory, journal)
+
+
+def restore_client_states(directory: str | os.PathLike, checkpoint: Checkpoint,
+                          store: ClientStateStore) -> None:
+    """Fills ``store`` with the per-client state saved in ``checkpoint``.
+
+    A format-2 checkpoint's ``TopK`` residuals (``"<step>/residual/<cid>"`` in
+    the aggregator state) move into the store's table ``"<step>/residual"``.
+
+    Raises:
+      CheckpointError: A journal file is missing or damaged.
+    """
+    directory = os.fspath(directory)
+    _move_old_residuals(checkpoint.state, store)
+    saved = checkpoint.client_states
+    if saved is None:
+        return
+    tables = {name: store.table(name, template) for name, template in saved.templates.items()}
+    # A client's row is written once, from the last file that has it (a journal
+    # holds up to three versions of a row).
+    latest: dict[tuple[str, str], int] = {}
+    for index, (name, file, rows) in enumerate(saved.files):
+        for cid in _read_journal_file(directory, file, rows):
+            latest[name, cid] = index
+    for index, (name, file, rows) in enumerate(saved.files):
+        cids, arrays = _read_journal_file(directory, file, rows, len(saved.templates[name]))
+        keep = [i for i, cid in enumerate(cids) if latest[name, cid] == index]
+        if len(keep) < len(cids):
+            cids, arrays = [cids[i] for i in keep], [a[keep] for a in arrays]
+        tables[name].write(cids, arrays)
+    for table in store.tables.values():
+        table.mark_clean()
+    store.saved_journals[os.path.realpath(directory)] = SavedClientStates(
+        templates=saved.templates, files=list(saved.files))
+
+
+def _read_journal_file(directory: str, file: str, rows: int, tensors: int | None = None) -> Any:
+    """A journal file's client ids, and with ``tensors`` also its arrays."""
+    path = os.path.join(directory, CLIENT_STATES_DIR, file)
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            cids = [str(c) for c in data["cids"]]
+            if len(cids) != rows:
+                raise ValueError(f"{len(cids)} rows, the checkpoint lists {rows}")
+            if tensors is None:
+                return cids
+            return cids, [data[f"t{i:05d}"] for i in range(tensors)]
+    except Exception as e:  # missing, truncated or foreign files alike
+        raise CheckpointError(
+            f"Cannot read the client state file {path} ({type(e).__name__}: {e}) that "
+            f"the checkpoint in {directory} lists. The directory was changed by hand or "
+            f"damaged. Pass a new `checkpoint_dir`, or delete {CHECKPOINT_FILE} there "
+            f"to start over."
+        ) from e
+
+
+def _write_journal(directory: str, store: ClientStateStore, rounds: int) -> SavedClientStates:
+    """Writes the store's rows changed since its previous save here (or all of them)
+    into new, synced journal files; returns the journal the npz will list."""
+    folder = os.path.join(directory, CLIENT_STATES_DIR)
+    tables = store.tables
+    previous = store.saved_journals.get(os.path.realpath(directory))
+    dirty = {name: t.dirty() for name, t in tables.items()}
+    live = sum(len(t) for t in tables.values())
+    if previous is not None:
+        journal_rows = sum(rows for _, _, rows in previous.files) + sum(map(len, dirty.values()))
+    if previous is None or journal_rows > 2 * live:
+        files: list[tuple[str, str, int]] = []  # a new base: every row
+        dirty = {name: list(t) for name, t in tables.items()}
+    else:
+        files = list(previous.files)
+    token = secrets.token_hex(4)  # never the name of a file an older npz lists
+    for name, cids in dirty.items():
+        table = tables[name]
+        per_file = max(1, _JOURNAL_FILE_BYTES // max(1, sum(t.nbytes for t in table.template)))
+        for start in range(0, len(cids), per_file):
+            part = cids[start:start + per_file]
+            os.makedirs(folder, exist_ok=True)  # only once there is a row to save
+            file = f"round{rounds:06d}-{token}-{len(files):05d}.npz"
+            arrays = {f"t{i:05d}": a for i, a in enumerate(table.read(part))}
+            with open(os.path.join(folder, file), "wb") as f:
+                np.savez(f, cids=np.array(part, dtype=str), **arrays)
+                f.flush()
+                os.fsync(f.fileno())
+            files.append((name, file, len(part)))
+    if os.path.isdir(folder):
+        _fsync_directory(folder)
+    return SavedClientStates(templates={n: t.template for n, t in tables.items()}, files=files)
+
+
+def _remove_unlisted(directory: str, journal: SavedClientStates) -> None:
+    # Files of older journals, and of a save that crashed before its npz replaced
+    # the previous one; the npz just written lists none of them.
+    folder = os.path.join(directory, CLIENT_STATES_DIR)
+    listed = {file for _, file, _ in journal.files}
+    for file in os.listdir(folder) if os.path.isdir(folder) else []:
+        if file not in listed:
+            try:
+                os.unlink(os.path.join(folder, file))
+            except OSError:
+                pass
+
+
+def _move_old_residuals(state: NeutralState, store: ClientStateStore) -> None:
+    old = sorted(k for k in state.aggregator if "/residual/" in k)
+    for key in old:
+        step, cid = key.split("/residual/", 1)
+        value = np.asarray(state.aggregator.pop(key)[0])
+        store.table(f"{step}/residual", [np.zeros_like(value)]).write([cid], [value[None]])
 
 
 def load_checkpoint(directory: str | os.PathLike) -> Checkpoint | None:
@@ -110,7 +274,7 @@ def load_checkpoint(directory: str | os.PathLike) -> Checkpoint | None:
     try:
         with np.load(path, allow_pickle=False) as data:
             meta = json.loads(str(data[_META]))
-            if meta.get("format") != _FORMAT:
+            if meta.get("format") not in _READABLE:
                 raise ValueError(f"unknown format {meta.get('format')!r}")
             weights = [data[f"weights_{i:05d}"] for i in range(meta["num_weights"])]
             groups = {
@@ -120,12 +284,20 @@ def load_checkpoint(directory: str | os.PathLike) -> Checkpoint | None:
                 }
                 for group in GROUPS
             }
+            client_states = None
+            if "client_states" in meta:
+                saved = meta["client_states"]
+                client_states = SavedClientStates(
+                    templates={name: [data[f"client_states/{name}/{i:05d}"] for i in range(n)]
+                               for name, n in saved["tables"].items()},
+                    files=[(str(t), str(f), int(r)) for t, f, r in saved["files"]])
         return Checkpoint(
             rounds_completed=int(meta["rounds_completed"]),
             seed=int(meta["seed"]),
             fingerprint={str(k): str(v) for k, v in meta["fingerprint"].items()},
             round_logs=[dict(logs) for logs in meta["round_logs"]],
             state=NeutralState(weights=weights, **groups),
+            client_states=client_states,
         )
     except Exception as e:  # zip, json and key errors all mean "not readable"
         raise CheckpointError(

@@ -9,8 +9,10 @@ hold the engine-neutral state, so a run may resume on the other engine.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
+import secrets
 import time
 import warnings
 from collections.abc import Sequence
@@ -31,10 +33,12 @@ from kerasfed.federated.arguments import (  # noqa: F401  (re-exported names)
 )
 from kerasfed.federated.aggregators import accounting
 from kerasfed.federated.attack import flip_labels
+from kerasfed.federated.client_state import ClientStateStore
 from kerasfed.federated.clients import ClientData, client_shuffle_seed, epoch_orders, sample_clients
 from kerasfed.federated.clients.structure import has_strings, num_rows, to_tensors
-from kerasfed.federated.engines import ClientRound, EngineSetup, make_engine
+from kerasfed.federated.engines import ClientRound, make_engine
 from kerasfed.federated.progress import RoundProgress, quiet_tensorflow
+from kerasfed.federated.strategy_argument import agree_between_workers
 from kerasfed.federated.signature_hints import SIGNATURE_HINTS, too_many_positionals
 
 _CALLER = "fit_federated"
@@ -53,7 +57,8 @@ def fit_federated(
     shuffle: bool = True,
     algorithm: Any = "fedavg",
     server_optimizer: Any = "sgd",
-    server_learning_rate: float = 1.0,
+    server_learning_rate: Any = 1.0,
+    client_learning_rate: Any = None,
     validation_data: tuple[Any, Any] | None = None,
     validation_batch_size: int | None = None,
     evaluate_every: int = 1,
@@ -100,6 +105,12 @@ def fit_federated(
     As with Keras' ``validation_freq``, rounds without evaluation have no
     ``val_``/``fed_eval_`` entries, so those lists are shorter than ``loss``.
 
+    ``History.participants`` lists, per round, the ids of the clients whose
+    updates were aggregated (clients whose update had NaN or infinite values are
+    left out; on the TFF engine, which cannot tell which ones, a round with such
+    clients lists all of its clients, and a round where every update was left
+    out lists none). It is saved with checkpoints: a resumed run lists every round.
+
     Args:
       model: A compiled, built Keras model (Sequential or functional; on the
         native engine under Keras 3 also subclassed), or a zero-argument
@@ -127,7 +138,13 @@ def fit_federated(
       server_optimizer: ``"sgd"`` (default), ``"adam"``, ``"yogi"``, ``"adagrad"``,
         or an instance such as ``ServerSGD(momentum=0.9)``.
       server_learning_rate: The server optimizer's learning rate (default 1.0:
-        FedAvg's plain averaging with server SGD).
+        FedAvg's plain averaging with server SGD): a positive float, a function
+        of the round index (from 0) returning the round's rate, or a
+        ``keras.optimizers.schedules.LearningRateSchedule`` evaluated at the round.
+      client_learning_rate: The clients' learning rate, the same kinds of value
+        (default None: the compiled optimizer's). It replaces the compiled
+        optimizer's learning rate only; its other settings (momentum, betas...)
+        stay. A client keeps one rate for all its local steps of a round.
       validation_data: ``(x_val, y_val)`` or ``(x_val, y_val, sample_weight)``
         (structures as for ``clients``) evaluated centrally with the global
         weights on evaluated rounds (default None).
@@ -176,7 +193,8 @@ def fit_federated(
 
     Returns:
       A ``keras.callbacks.History``: ``.history`` as above, ``.model`` is ``model``
-      (holding the final global weights), ``.params`` has ``rounds`` and ``seed``.
+      (holding the final global weights), ``.params`` has ``rounds`` and ``seed``,
+      ``.participants`` the client ids aggregated in each round (see above).
 
     Raises:
       FederatedUnavailableError: ``engine="tff"`` where TFF is not installed.
@@ -198,12 +216,14 @@ def fit_federated(
         model, clients, rounds=rounds, clients_per_round=clients_per_round,
         local_epochs=local_epochs, batch_size=batch_size, shuffle=shuffle,
         algorithm=algorithm, server_optimizer=server_optimizer,
-        server_learning_rate=server_learning_rate, validation_data=validation_data,
+        server_learning_rate=server_learning_rate,
+        client_learning_rate=client_learning_rate, validation_data=validation_data,
         validation_batch_size=validation_batch_size, evaluate_every=evaluate_every, evaluation_clients=evaluation_clients,
         evaluation_clients_per_round=evaluation_clients_per_round, callbacks=callbacks, checkpoint_dir=checkpoint_dir, seed=seed, engine=engine,
         max_parallel_clients=max_parallel_clients, aggregator=aggregator,
         client_sampling=client_sampling, attack=attack, strategy=strategy, verbose=verbose,
     )
+    plan = _resume_point(plan)
     # Only the chief writes: other workers' file-writing callbacks write to a temp
     # dir that is removed at the end (as fit_distributed's), and they save no checkpoint.
     with WorkerPaths(is_chief=plan.chief,
@@ -215,6 +235,34 @@ def fit_federated(
 # -- Training ------------------------------------------------------------------------------
 
 
+def _resume_point(plan: Plan) -> Plan:
+    """``plan`` with where training starts: the checkpoint to resume (checked
+    against this training), the seed (the checkpoint's, the given one, or drawn),
+    agreed between the workers of a multi-worker strategy, and the attackers it draws.
+
+    Raises:
+      CheckpointError, CheckpointMismatchError: An unreadable checkpoint, or one of
+        a different training.
+    """
+    checkpoint, seed = None, plan.seed
+    if plan.checkpoint_dir is not None:
+        checkpoint = ckpt.load_checkpoint(plan.checkpoint_dir)
+        if checkpoint is not None:
+            ckpt.check_resumable(checkpoint, directory=plan.checkpoint_dir,
+                                 fingerprint=plan.fingerprint, seed=seed, rounds=plan.rounds)
+            seed = checkpoint.seed
+    if seed is None:
+        seed = secrets.randbelow(2**31)  # recorded in History.params and checkpoints
+    seed = agree_between_workers(
+        plan.replicas, seed=seed,
+        rounds_completed=checkpoint.rounds_completed if checkpoint else 0,
+        checkpoint_dir=plan.checkpoint_dir)
+    attackers = (plan.attack.attackers(plan.clients.client_ids, seed)
+                 if plan.attack else frozenset())
+    return dataclasses.replace(plan, checkpoint=checkpoint, setup=dataclasses.replace(
+        plan.setup, seed=seed, attackers=attackers))
+
+
 def _train(plan: Plan) -> keras.callbacks.History:
     model = plan.model
     saved = plan.checkpoint
@@ -224,6 +272,7 @@ def _train(plan: Plan) -> keras.callbacks.History:
         model.set_weights(saved.state.weights)
 
     history = keras.callbacks.History()
+    history.participants = []
     progress = RoundProgress(plan.verbose, plan.rounds, initial_round=start)
     callbacks = keras.callbacks.CallbackList(
         [history, *plan.callbacks, progress], model=model,
@@ -238,57 +287,52 @@ def _train(plan: Plan) -> keras.callbacks.History:
         history.params["dp_delta"] = plan.aggregator.dp.default_delta(len(plan.clients))
     model.stop_training = False
     engine = None
+    client_states = ClientStateStore()  # per-client state, shared by the engine and aggregators
     try:
         state = None
         if start < plan.rounds:
             with quiet_tensorflow():
-                engine, state = _start_engine(plan)
+                engine, state = _start_engine(plan, client_states)
             history.params["engine_form"] = engine.describe()
             LOG.info("fit_federated: %s", engine.describe())
             progress.note(f"fit_federated: {engine.describe()}")
         callbacks.on_train_begin()
         _restore_history(history, round_logs)
-        logs: dict = round_logs[-1] if round_logs else {}
+        logs: dict = _without_participants(round_logs[-1]) if round_logs else {}
         for round_num in range(start, plan.rounds):
             callbacks.on_epoch_begin(round_num)
             with quiet_tensorflow():  # callbacks run outside: their logs stay visible
-                state, logs = _run_round(plan, engine, state, round_num)
-            round_logs.append(dict(logs))
+                state, logs, participants = _run_round(plan, engine, state, round_num)
+            history.participants.append(participants)
+            # Saved with the round's logs, so a resumed run lists every round's.
+            round_logs.append(dict(logs, **{_PARTICIPANTS: participants}))
             if plan.checkpoint_dir is not None and plan.chief:
                 ckpt.save_checkpoint(plan.checkpoint_dir, ckpt.Checkpoint(
                     rounds_completed=round_num + 1, seed=plan.seed,
                     fingerprint=plan.fingerprint, round_logs=round_logs,
                     state=engine.to_neutral(state),
-                ))
+                ), client_states=client_states)
             callbacks.on_epoch_end(round_num, logs)
             if model.stop_training:
                 break
         callbacks.on_train_end(dict(logs))
     finally:
         progress.close()
+        client_states.close()
         if engine is not None:
             engine.close()
     model.history = history
     return history
 
 
-def _start_engine(plan: Plan) -> tuple[Any, Any]:
-    setup = EngineSetup(
-        model=plan.model, recipe=plan.recipe, parts=plan.parts, algorithm=plan.algorithm,
-        client_optimizer=plan.client_optimizer, server_optimizer=plan.server_optimizer,
-        server_learning_rate=plan.server_learning_rate, batch_size=plan.batch_size,
-        element_spec=plan.clients.element_spec,
-        federated_evaluation=plan.eval_clients is not None,
-        max_parallel_clients=plan.max_parallel_clients,
-        largest_client=max(plan.clients.num_examples(c) for c in plan.clients.client_ids),
-        local_epochs=plan.local_epochs, aggregator=plan.aggregator, attack=plan.attack,
-        attackers=plan.attackers, seed=plan.seed, expected_clients=plan.expected_clients,
-        replicas=plan.replicas, layout=plan.layout,
-    )
+def _start_engine(plan: Plan, client_states: ClientStateStore) -> tuple[Any, Any]:
+    # The run's per-client store is the one thing the setup gets here.
+    setup = dataclasses.replace(plan.setup, client_states=client_states)
     engine = make_engine(plan.engine, setup)
     try:
         if plan.checkpoint is None:
             return engine, engine.initial_state(plan.model.get_weights())
+        ckpt.restore_client_states(plan.checkpoint_dir, plan.checkpoint, client_states)
         try:
             return engine, engine.from_neutral(plan.checkpoint.state)
         except ValueError as e:
@@ -333,7 +377,8 @@ def _whole_clients(data: ClientData) -> list[ClientRound]:
     ]
 
 
-def _run_round(plan: Plan, engine: Any, state: Any, round_num: int) -> tuple[Any, dict]:
+def _run_round(plan: Plan, engine: Any, state: Any,
+               round_num: int) -> tuple[Any, dict, list[str]]:
     started = time.perf_counter()
     clients = round_clients(plan, round_num)
     state, result = engine.train_round(state, clients, round_num)
@@ -357,7 +402,18 @@ def _run_round(plan: Plan, engine: Any, state: Any, round_num: int) -> tuple[Any
     logs.update(_round_extras(plan, clients, round_num))
     if (round_num + 1) % plan.evaluate_every == 0 or round_num == plan.rounds - 1:
         logs.update(_evaluate(plan, engine, state, round_num))
-    return state, logs
+    return state, logs, _participants(clients, result)
+
+
+def _participants(clients: Sequence[ClientRound], result: Any) -> list[str]:
+    """The ids of the clients whose updates were aggregated this round."""
+    if result.participants is not None:
+        return [str(cid) for cid in result.participants]
+    # The engine cannot tell which clients it left out: none were aggregated
+    # when the round was skipped or every update was left out, else all.
+    if result.skipped or result.update_non_finite or result.num_examples == 0:
+        return []
+    return [str(c.cid) for c in clients]
 
 
 def _round_extras(plan: Plan, clients: Sequence[ClientRound], round_num: int) -> dict:
@@ -418,9 +474,20 @@ def _evaluate(plan: Plan, engine: Any, state: Any, round_num: int) -> dict[str, 
     return logs
 
 
+_PARTICIPANTS = "participants"  # the key of a saved round's participants
+
+
+def _without_participants(logs: dict) -> dict:
+    return {k: v for k, v in logs.items() if k != _PARTICIPANTS}
+
+
 def _restore_history(history: keras.callbacks.History, round_logs: list[dict]) -> None:
     # History.on_train_begin resets `epoch`; refill it with the resumed rounds.
+    # Participants go to their own attribute: Keras callbacks expect numbers in
+    # `history.history`. (None for rounds saved before kerasfed recorded them.)
+    history.participants = []
     for round_num, logs in enumerate(round_logs):
         history.epoch.append(round_num)
-        for key, value in logs.items():
+        history.participants.append(logs.get(_PARTICIPANTS))
+        for key, value in _without_participants(logs).items():
             history.history.setdefault(key, []).append(value)

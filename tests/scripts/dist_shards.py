@@ -1,5 +1,8 @@
 """Worker script: which examples does each worker get? `kerasfed launch --workers 2 dist_shards.py OUT`.
 
+(tests/test_multi_worker.py runs :func:`record` at the end of dist_train.py
+``--shards``, in the workers that just trained: one launch, one TensorFlow start.)
+
 Distributes, the way ``model.fit`` does (``strategy.experimental_distribute_dataset``),
 the datasets fit_distributed builds from in-memory arrays (with a remainder and
 shuffling) and a file-based dataset passed as it is, and writes the example ids
@@ -56,8 +59,8 @@ def write_files(folder: str) -> list[str]:
     return paths
 
 
-def main() -> None:
-    out = sys.argv[1]
+def record(out: str) -> None:
+    """Writes the example ids this worker got to ``out/shards.rank{R}.json``."""
     strategy = get_strategy("multi_worker")
     rank = worker_rank(strategy)
     import numpy as np
@@ -91,4 +94,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    record(sys.argv[1])

@@ -3,7 +3,8 @@
 Trains tests/scripts/dist_common.py's model with fit_distributed and records, per
 rank, what the tests check: final weights and history (``result.rank{R}.npz``), the
 epochs begun in each attempt (``epochs.rank{R}.txt``), every path written to
-(``paths.rank{R}.json``) and the process ids (``pids.txt``).
+(``paths.rank{R}.json``) and the process ids (``pids.txt``); with ``--shards``, then
+the example ids each worker gets (``shards.rank{R}.json``, tests/scripts/dist_shards.py).
 """
 
 from __future__ import annotations
@@ -34,6 +35,8 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--model-as-function", action="store_true")
     p.add_argument("--validation", action="store_true")
     p.add_argument("--dataset-fn", action="store_true", help="then train again from a dataset_fn")
+    p.add_argument("--shards", action="store_true",
+                   help="then record which examples each worker gets (dist_shards.record)")
     p.add_argument("--backup")
     p.add_argument("--shuffle", type=int, metavar="SEED", help="shuffle, after keras.utils.set_random_seed(SEED)")
     p.add_argument("--kill-at-epoch", type=int, help="rank 1 SIGKILLs itself there in attempt 0")
@@ -134,6 +137,11 @@ def main() -> None:
         dist_common.save_weights(
             os.path.join(args.out, f"result_fn.rank{RANK}.npz"), history.model, loss=history.history["loss"]
         )
+
+    if args.shards:
+        import dist_shards
+
+        dist_shards.record(args.out)
 
 
 def _paths(callbacks) -> dict:

@@ -41,6 +41,10 @@ class RoundContext:
         with Poisson sampling its expectation): DP's denominator.
       seed, round_num: Every random draw comes from ``(seed, round_num, name)``,
         so a resumed run draws the same numbers.
+      client_states: The run's ``ClientStateStore`` (per-client state, such as
+        ``TopK``'s residuals), or None where there is none.
+      step: The chain step's prefix (``"1/"``), set by ``Chain.run``: it names
+        the step's tables, so two steps of one kind keep apart.
     """
 
     cids: Sequence[str]
@@ -48,10 +52,26 @@ class RoundContext:
     expected_clients: int
     seed: int
     round_num: int
+    client_states: Any = None
+    step: str = ""
 
     def rng(self, name: str) -> np.random.Generator:
         """The round's generator for ``name`` (e.g. ``"quantize"``)."""
         return np.random.default_rng([self.seed, self.round_num, zlib.crc32(name.encode())])
+
+    def client_table(self, owner: str, name: str, template: Sequence[np.ndarray]) -> Any:
+        """The step's per-client table ``name`` (``ClientStateStore.table``).
+
+        Raises:
+          AggregatorError: The round has no client state store.
+        """
+        if self.client_states is None:
+            raise AggregatorError(
+                f"{owner} keeps state for each client, and this round has no client state "
+                f"store. Pass `client_states=kerasfed.federated.client_state.ClientStateStore()` "
+                f"to RoundContext (fit_federated makes one per run)."
+            )
+        return self.client_states.table(self.step + name, template)
 
 
 class Aggregator(abc.ABC):

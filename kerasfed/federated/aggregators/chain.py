@@ -83,10 +83,11 @@ class Chain:
         for i, step in enumerate(self.steps):
             prefix = f"{i}/"
             own = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+            step_context = dataclasses.replace(context, step=prefix)
             if isinstance(step, Transform):
-                updates, own, step_logs = step.apply(updates, context, own)
+                updates, own, step_logs = step.apply(updates, step_context, own)
             else:
-                updates, own, step_logs = step.combine(updates, context, own)
+                updates, own, step_logs = step.combine(updates, step_context, own)
             new_state.update({prefix + k: v for k, v in own.items()})
             logs.update(step_logs)
         return updates, new_state, logs

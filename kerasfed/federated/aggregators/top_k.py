@@ -4,8 +4,9 @@
 Each client sends only the ``fraction`` of its update's values largest in
 magnitude (values and their indices); what it leaves out is kept on the client
 and added to its next update, so nothing is lost over the rounds, only delayed.
-The memory is per client and lives in the server state (and checkpoints).
-Native engine only.
+The memory is per client: a row of the run's ``ClientStateStore`` (table
+``"<step>/residual"``, saved with checkpoints), read and written only for the
+round's clients. Native engine only.
 """
 
 from __future__ import annotations
@@ -17,7 +18,8 @@ import numpy as np
 
 from kerasfed.federated.aggregators._base import RoundContext, State, Transform, check_number
 
-_PREFIX = "residual/"
+# The table of each client's residual (the chain prefixes the step: "1/residual").
+TABLE = "residual"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -53,16 +55,13 @@ class TopK(Transform):
         k = self.kept(d)
         values = updates.copy()
         if self.error_feedback:
-            for row, cid in enumerate(context.cids):
-                memory = state.get(_PREFIX + cid)
-                if memory is not None:
-                    values[row] += memory
+            table = context.client_table("TopK(error_feedback=True)", TABLE,
+                                         [np.zeros(d, updates.dtype)])
+            values += table.read(context.cids)[0]
         sent = np.zeros_like(values)
         if d:
             top = np.argpartition(-np.abs(values), k - 1, axis=1)[:, :k]
             np.put_along_axis(sent, top, np.take_along_axis(values, top, axis=1), axis=1)
         if self.error_feedback:
-            state = dict(state)
-            for row, cid in enumerate(context.cids):
-                state[_PREFIX + cid] = values[row] - sent[row]
+            table.write(context.cids, [values - sent])
         return sent, state, {}

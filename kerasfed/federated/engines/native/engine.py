@@ -2,13 +2,17 @@
 
 No child process, no socket, nothing to clean up; TF 2.14 (Keras 2) and the
 newest TF (Keras 3) alike. A round's clients are trained in chunks of at most
-``max_parallel_clients``, each chunk one compiled computation (``client_work``);
-the server then averages the updates and applies the server optimizer exactly as
-TFF's algorithms do (``algorithms``, ``server_optimizers``). Under a
-``tf.distribute`` strategy (``federated/replicas.py``) each replica trains its
-share of the round on its device and the replicas sum their weighted updates (or
-gather them for other combiners); every process then runs the same server
-update. Beyond TFF,
+``max_parallel_clients`` (``chunks.py``), each chunk one compiled computation of
+the algorithm's client pieces (``client_work.py``, in the form ``form.py``
+chose), with each client's own state read from and written back to the run's
+client-state store. The clients' results are summed or gathered
+(``combine.py``), combined by the aggregator chain (``aggregation.py``), and the
+algorithm's server pieces update the global state. The engine knows no
+algorithm: every one, built-in or a user's, is the same pieces
+(``algorithms/_base.py``). Under a ``tf.distribute`` strategy
+(``federated/replicas.py``) each replica trains its share of the round on its
+device and the replicas sum their weighted updates (or gather them for other
+combiners); every process then runs the same server update. Beyond TFF,
 BatchNormalization moving statistics are averaged over the clients like the
 weights instead of staying frozen, and Keras 3 subclassed models train.
 """

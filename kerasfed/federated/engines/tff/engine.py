@@ -35,6 +35,7 @@ from kerasfed.federated.engines.base import (
 from kerasfed.federated.engines.tff.aggregators import model_aggregator
 from kerasfed.federated.engines.tff.algorithms import build_learning_process
 from kerasfed.federated.engines.tff.keras_classes import keras_classes_kept
+from kerasfed.federated.engines.tff.learning_rates import with_round_rates
 from kerasfed.federated.engines.tff.optimizers import tff_client_optimizer, tff_server_optimizer
 from kerasfed.federated.engines.tff.payload import round_payload_bytes
 from kerasfed.federated.engines.tff.runtime import federated_runtime
@@ -71,6 +72,8 @@ class TffEngine(Engine):
         self._layout = _WeightLayout.of(setup.model)
         self._batch_size = setup.batch_size
         self._mime = setup.algorithm.name.startswith("mime")
+        self._server_rate, self._client_rate = (setup.server_learning_rate,
+                                                setup.client_learning_rate)
         element_spec, recipe, parts = setup.element_spec, setup.recipe, setup.parts
 
         def model_fn():
@@ -82,9 +85,11 @@ class TffEngine(Engine):
                 metrics=list(parts.metrics),
             )
 
-        client_optimizer = (
-            tff_client_optimizer(setup.client_optimizer) if setup.client_optimizer else None
-        )
+        client_spec = setup.client_optimizer
+        if client_spec is not None and setup.client_learning_rate is not None:
+            client_spec = dataclasses.replace(
+                client_spec, learning_rate=setup.client_learning_rate(0))
+        client_optimizer = tff_client_optimizer(client_spec) if client_spec else None
         aggregation = None
         if setup.aggregator is not None:
             aggregation = model_aggregator(setup.aggregator, weighted=setup.algorithm.weighted,
@@ -94,8 +99,9 @@ class TffEngine(Engine):
         with keras_classes_kept():
             self._process = build_learning_process(
                 setup.algorithm, model_fn=model_fn, client_optimizer=client_optimizer,
+                # Built with round 0's rates; `with_round_rates` sets later rounds'.
                 server_optimizer=tff_server_optimizer(
-                    setup.server_optimizer, setup.server_learning_rate),
+                    setup.server_optimizer, setup.server_learning_rate(0)),
                 model_aggregator=factory, weighted=weighted,
             )
             self._eval_process = (
@@ -151,11 +157,12 @@ class TffEngine(Engine):
 
     def train_round(self, state: Any, clients: Sequence[ClientRound],
                     round_num: int) -> tuple[Any, RoundResult]:
-        del round_num  # TFF draws its own random numbers
         if not clients:  # Poisson sampling drew none; TFF cannot run an empty round
             return state, RoundResult(
                 metrics={name: float("nan") for name in self._metric_names}, num_examples=0,
                 update_non_finite=False, skipped="no client was sampled")
+        state = with_round_rates(state, round_num, server_rate=self._server_rate,
+                                 client_rate=self._client_rate, mime=self._mime)
         output = self._process.next(state, self._datasets(clients))
         train = dict(output.metrics["client_work"]["train"])
         num_examples = int(train.pop("num_examples"))

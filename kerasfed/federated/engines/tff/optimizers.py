@@ -20,7 +20,6 @@ from kerasfed.federated.server_optimizers import (
     ServerOptimizer,
     ServerSGD,
     ServerYogi,
-    check_server_learning_rate,
 )
 
 _optimizers = tff.learning.optimizers
@@ -49,8 +48,11 @@ def tff_client_optimizer(spec: ClientOptimizerSpec) -> Any:
 
 
 def tff_server_optimizer(optimizer: ServerOptimizer, learning_rate: float) -> Any:
-    """The ``tff.learning.optimizers.Optimizer`` a server optimizer setting means."""
-    lr = check_server_learning_rate(learning_rate)
+    """The ``tff.learning.optimizers.Optimizer`` a server optimizer setting means.
+
+    ``learning_rate`` is a float >= 0 (checked by ``learning_rates.round_schedule``).
+    """
+    lr = float(learning_rate)
     if isinstance(optimizer, ServerSGD):
         return _optimizers.build_sgdm(lr, momentum=optimizer.momentum or None)
     if isinstance(optimizer, ServerAdam):

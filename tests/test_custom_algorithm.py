@@ -166,6 +166,18 @@ class _TupleOut(kerasfed.Algorithm):
 
 
 @dataclasses.dataclass(frozen=True)
+class _ListServer(kerasfed.Algorithm):
+    def server_init(self, weights, client_optimizer):
+        return [tf.zeros_like(w) for w in weights]
+
+
+@dataclasses.dataclass(frozen=True)
+class _BadStep(kerasfed.Algorithm):
+    def local_step(self, ctx, weights, grads, optimizer, optimizer_state):
+        return weights
+
+
+@dataclasses.dataclass(frozen=True)
 class _BrokenStep(kerasfed.Algorithm):
     def correct_gradient(self, ctx, weights, grads):
         return grads + ctx.server["missing"]
@@ -183,7 +195,9 @@ class _StateMismatch(kerasfed.Algorithm):
 
 @pytest.mark.parametrize("algorithm,match", [
     (_WrongUpdate(), r"_WrongUpdate.client_end's update to hold 2 tensors"),
-    (_TupleOut(), r"_WrongUpdate|_TupleOut.client_end to return a kerasfed.ClientOutput"),
+    (_TupleOut(), r"_TupleOut.client_end to return a kerasfed.ClientOutput"),
+    (_ListServer(), r"_ListServer.server_init to return a dict of tensors. Received: list"),
+    (_BadStep(), r"_BadStep.local_step to return \(weights, optimizer_state\)"),
     (_BrokenStep(), r"_BrokenStep.local_step failed on the model's weights before training: "
                     r"KeyError"),
     (_StateMismatch(), r"_StateMismatch.client_end's state to hold 1 tensors"),

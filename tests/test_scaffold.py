@@ -175,3 +175,27 @@ def test_scaffold_resumed_from_a_checkpoint_ends_bit_identical(tmp_path):
         np.testing.assert_array_equal(a, b)
     assert resumed.participants == whole.participants
     assert resumed.history["loss"] == whole.history["loss"]
+
+
+def test_client_state_under_several_workers_is_refused_before_training():
+    # The store lives in one process: a client drawn by another worker next round
+    # would find no state. (A stand-in for a 2-worker strategy's Replicas.)
+    class TwoWorkers:
+        devices, workers, distributed = [None], 2, True
+
+    from kerasfed._keras_model import ModelRecipe
+    from kerasfed.federated.client_optimizers import client_optimizer_from_keras
+    from kerasfed.federated.compiled_parts import CompiledParts
+
+    model = _model()
+    recipe = ModelRecipe.from_model(model, caller="test", rebuild=False)
+    spec = (tf.TensorSpec((None, FEATURES), tf.float32),
+            tf.TensorSpec((None, OUTPUTS), tf.float32))
+    setup = EngineSetup(
+        model=model, recipe=recipe, parts=CompiledParts.of(recipe, spec[1], model.output_shape),
+        algorithm=kerasfed.Scaffold(), server_optimizer=kerasfed.ServerSGD(),
+        client_optimizer=client_optimizer_from_keras(recipe.optimizer_config()),
+        server_learning_rate=1.0, batch_size=BATCH, element_spec=spec,
+        federated_evaluation=False, replicas=TwoWorkers())
+    with pytest.raises(kerasfed.AlgorithmError, match=r"keeps a state per client.*2 workers"):
+        NativeEngine(setup)

@@ -33,6 +33,8 @@ from __future__ import annotations
 
 import abc
 import dataclasses
+import math
+import numbers
 from collections.abc import Sequence
 from typing import Any, ClassVar, NamedTuple
 
@@ -225,9 +227,6 @@ def check_bool(owner: str, field: str, value: Any) -> None:
 
 def check_non_negative(owner: str, field: str, value: Any, hint: str = "") -> float:
     """``value`` as a float if it is a finite real >= 0, else an error naming it."""
-    import math  # noqa: PLC0415
-    import numbers  # noqa: PLC0415
-
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise AlgorithmTypeError(
             f"Expected `{field}` of {owner} to be a float >= 0. Received: {field}={value!r} "

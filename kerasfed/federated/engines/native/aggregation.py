@@ -30,7 +30,7 @@ class RoundAggregation:
         return RoundContext(cids=list(cids), weights=np.asarray(weights, np.float64),
                             expected_clients=self._setup.expected_clients,
                             seed=self._setup.seed, round_num=round_num,
-                            client_states=getattr(self._setup, "client_states", None))
+                            client_states=self._setup.client_states)
 
     def combine(self, aggregator_state: dict, trainable: Sequence[tf.Tensor], stacked,
                 weight: tf.Tensor, finite: tf.Tensor, cids: Sequence[str],

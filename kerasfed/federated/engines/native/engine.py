@@ -142,7 +142,7 @@ class NativeEngine(Engine):
                 f"in one process; this run has {self._replicas.workers} workers. Run it in "
                 f"one process (local devices are fine), or pick an algorithm without client "
                 f"state.")
-        store = getattr(setup, "client_states", None)
+        store = setup.client_states
         if store is None:  # the engine used alone (tests, benchmarks): a store of its own
             store = self._own_store = ClientStateStore()
         return store.table(_CLIENT_TABLE, template)
@@ -489,7 +489,7 @@ class NativeEngine(Engine):
 
     def _population(self) -> int:
         """Clients in the federation (SCAFFOLD's N)."""
-        return int(getattr(self._setup, "num_clients", None) or self._setup.expected_clients)
+        return int(self._setup.num_clients or self._setup.expected_clients)
 
     # -- evaluation ---------------------------------------------------------------
     def evaluate(self, state: dict, clients: Sequence[ClientRound]) -> dict[str, float]:

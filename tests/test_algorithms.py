@@ -20,7 +20,6 @@ import tensorflow as tf  # noqa: E402
 from kerasfed._compat import keras  # noqa: E402
 from kerasfed.federated.algorithms import (  # noqa: E402
     ALGORITHM_NAMES,
-    BUILT_IN,
     Algorithm,
     AlgorithmError,
     AlgorithmTypeError,
@@ -33,6 +32,7 @@ from kerasfed.federated.algorithms import (  # noqa: E402
 )
 from kerasfed.federated.client_optimizers import client_optimizer_from_keras  # noqa: E402
 from kerasfed.federated.engines.tff.algorithms import build_learning_process  # noqa: E402
+from kerasfed.federated.engines.tff.capabilities import TFF_ALGORITHMS  # noqa: E402
 from kerasfed.federated.engines.tff.optimizers import (  # noqa: E402
     tff_client_optimizer,
     tff_server_optimizer,
@@ -157,7 +157,7 @@ _SIZES = [len(x) for x, _ in _CLIENTS]
 
 # The registered algorithms TFF has builders for (SCAFFOLD runs on the native engine:
 # tests/test_scaffold.py).
-_TFF_NAMES = [n for n in ALGORITHM_NAMES if type(get_algorithm(n)) in BUILT_IN]
+_TFF_NAMES = [n for n in ALGORITHM_NAMES if type(get_algorithm(n)) in TFF_ALGORITHMS]
 
 
 @pytest.mark.parametrize("name", _TFF_NAMES)

@@ -48,8 +48,7 @@ _REGISTRY: dict[str, Callable[[], Algorithm]] = {
     "mime": MimeLite,
     "scaffold": Scaffold,
 }
-#: The algorithms both engines run (the TFF engine translates these, and only these).
-BUILT_IN = (FedAvg, FedProx, FedSGD, MimeLite)
+
 ALGORITHM_NAMES: tuple[str, ...] = tuple(_REGISTRY)
 
 AlgorithmLike = Union[str, Algorithm]
@@ -97,7 +96,6 @@ __all__ = [
     "AlgorithmError",
     "AlgorithmLike",
     "AlgorithmTypeError",
-    "BUILT_IN",
     "ClientContext",
     "ClientOutput",
     "FedAvg",

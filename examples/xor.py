@@ -30,6 +30,10 @@ import numpy as np  # noqa: E402
 import kerasfed  # noqa: E402
 
 POINTS = 200
+# Enough for 0.93-0.95 test accuracy with either Keras (0.91 after 40 epochs); the
+# data-parallel run synchronises two devices at each of its 10 steps per epoch,
+# the slow part of this script on a CPU.
+EPOCHS = 60
 
 
 def xor_data(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -67,13 +71,14 @@ def main() -> None:
     x_test, y_test = xor_data(1000, seed=1)
 
     central = make_model()
-    central.fit(x, y, epochs=100, batch_size=20, verbose=0)
-    print(f"centrally (model.fit, 100 epochs):            test accuracy {accuracy(central, x_test, y_test):.3f}")
+    central.fit(x, y, epochs=EPOCHS, batch_size=20, verbose=0)
+    print(f"centrally (model.fit, {EPOCHS} epochs):             "
+          f"test accuracy {accuracy(central, x_test, y_test):.3f}")
 
-    history = kerasfed.fit_distributed(make_model, x, y, strategy="mirrored", epochs=100,
+    history = kerasfed.fit_distributed(make_model, x, y, strategy="mirrored", epochs=EPOCHS,
                                        batch_size=20, verbose=0)
     replicas = history.model.distribute_strategy.num_replicas_in_sync
-    print(f"fit_distributed ({replicas} replicas, 100 epochs):     "
+    print(f"fit_distributed ({replicas} replicas, {EPOCHS} epochs):      "
           f"test accuracy {accuracy(history.model, x_test, y_test):.3f}")
 
     clients = kerasfed.partition(x, y, num_clients=4, seed=0)

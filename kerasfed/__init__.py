@@ -28,6 +28,7 @@ _EXPORTS = {
     "use_logical_cpus": "kerasfed.distributed.devices",
     # Output.
     "quiet_tensorflow_startup": "kerasfed._tf_startup",
+    "plot_history": "kerasfed.plotting",  # needs matplotlib (the `plots` extra)
     # Federated simulation.
     "fit_federated": "kerasfed.federated.fit",
     "partition": "kerasfed.federated.partition",
@@ -39,6 +40,7 @@ _EXPORTS = {
     "FedSGD": "kerasfed.federated.algorithms",
     "MimeLite": "kerasfed.federated.algorithms",
     "Scaffold": "kerasfed.federated.algorithms",
+    "Ditto": "kerasfed.federated.algorithms",
     "Algorithm": "kerasfed.federated.algorithms",
     "ClientContext": "kerasfed.federated.algorithms",
     "ClientOutput": "kerasfed.federated.algorithms",
@@ -56,6 +58,7 @@ _EXPORTS = {
     "TopK": "kerasfed.federated.aggregators",
     "AGGREGATOR_NAMES": "kerasfed.federated.aggregators",
     "Attack": "kerasfed.federated.attack",
+    "FineTune": "kerasfed.federated.personalization",
     "ServerSGD": "kerasfed.federated.server_optimizers",
     "ServerAdam": "kerasfed.federated.server_optimizers",
     "ServerYogi": "kerasfed.federated.server_optimizers",

@@ -272,7 +272,9 @@ def test_fedadam_server_steps_match_numpy(processes, runtime):
 
 def test_registry_names_and_values():
     assert ALGORITHM_NAMES == ("fedavg", "fedavg_unweighted", "fedsgd", "fedprox", "mime",
-                               "scaffold")
+                               "scaffold", "ditto")
+    ditto = get_algorithm("ditto")
+    assert type(ditto).__name__ == "Ditto" and ditto.lam == 0.1
     assert get_algorithm("scaffold") == Scaffold(weighted=False)
     assert get_algorithm("FedAvg") == FedAvg()
     assert get_algorithm("fedavg_unweighted") == FedAvg(weighted=False)
@@ -286,7 +288,8 @@ def test_registry_names_and_values():
 
 
 def test_unknown_algorithm_lists_the_valid_names():
-    names = r"\['fedavg', 'fedavg_unweighted', 'fedsgd', 'fedprox', 'mime', 'scaffold'\]"
+    names = (r"\['fedavg', 'fedavg_unweighted', 'fedsgd', 'fedprox', 'mime', 'scaffold', "
+             r"'ditto'\]")
     with pytest.raises(AlgorithmError, match=rf"algorithm='feddyn'.*{names}"):
         get_algorithm("feddyn")
 
@@ -294,7 +297,7 @@ def test_unknown_algorithm_lists_the_valid_names():
 @pytest.mark.parametrize("spec", [None, 1, FedAvg])
 def test_wrong_algorithm_type_names_the_accepted_types(spec):
     accepted = (r"name in \[.*or an Algorithm \(FedAvg, FedProx, FedSGD, MimeLite, Scaffold, "
-                r"or a subclass of kerasfed.Algorithm\)")
+                r"Ditto, or a subclass of kerasfed.Algorithm\)")
     with pytest.raises(AlgorithmTypeError, match=accepted):
         get_algorithm(spec)
 

@@ -79,3 +79,6 @@ def test_notebook_runs_top_to_bottom(tmp_path, monkeypatch, engine):
     assert not [o for o in outputs if o.get("output_type") == "error"]
     text = "".join(o.get("text", "") for o in outputs)
     assert "test accuracy:" in text
+    # kerasfed.plot_history's figures, each shown once (by the inline backend).
+    images = [o for o in outputs if "image/png" in o.get("data", {})]
+    assert len(images) == 2

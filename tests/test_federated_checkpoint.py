@@ -75,6 +75,18 @@ def test_save_and_load_round_trip(tmp_path):
         np.testing.assert_array_equal(a, b)
 
 
+def test_per_client_records_round_trip(tmp_path):
+    # A round's per-client records are nested dicts (NaN included) and lists of ids.
+    logs = {"loss": 0.5, "participants": ["a", "b"],
+            "client_metrics": {"e1": {"loss": 0.25, "accuracy": float("nan")}},
+            "client_train_metrics": {"a": {"loss": 1.0}, "b": {"loss": 2.0}}}
+    ckpt.save_checkpoint(tmp_path, _checkpoint(round_logs=[logs, {"client_metrics": {}}]))
+    first, second = ckpt.load_checkpoint(tmp_path).round_logs
+    assert np.isnan(first["client_metrics"]["e1"].pop("accuracy"))
+    assert first == dict(logs, client_metrics={"e1": {"loss": 0.25}})
+    assert second == {"client_metrics": {}}
+
+
 def test_no_checkpoint_yet(tmp_path):
     assert ckpt.load_checkpoint(tmp_path) is None
 

@@ -16,6 +16,7 @@ import pytest
 
 from kerasfed._compat import keras
 from kerasfed.federated.algorithms import ALGORITHM_NAMES
+from kerasfed.federated.client_metrics import spread
 from kerasfed.federated.clients import ClientData, sample_clients
 from kerasfed.federated.fit import BATCHNORM_WARNING, fit_federated
 from kerasfed.federated.partition import partition
@@ -195,7 +196,8 @@ def test_history_has_one_value_per_round_and_evaluations_per_evaluate_every(digi
     h = digits_run["history"].history
     per_round = ["loss", "accuracy", "num_examples", "round_seconds", "bytes_to_clients",
                  "bytes_from_clients"]
-    evaluated = ["val_loss", "val_accuracy", "fed_eval_loss", "fed_eval_accuracy"]
+    evaluated = ["val_loss", "val_accuracy", "fed_eval_loss", "fed_eval_accuracy",
+                 *spread("fed_eval_", {"any": {"loss": 0.0, "accuracy": 0.0}})]
     assert sorted(h) == sorted(per_round + evaluated)
     for key in per_round:
         assert len(h[key]) == DIGITS_ROUNDS, key
@@ -224,6 +226,24 @@ def test_federated_evaluation_equals_keras_evaluate_on_the_same_examples(digits_
     h = digits_run["history"].history
     np.testing.assert_allclose(h["fed_eval_accuracy"], h["val_accuracy"], atol=1e-6)
     np.testing.assert_allclose(h["fed_eval_loss"], h["val_loss"], rtol=1e-4)
+
+
+def test_each_evaluation_clients_values_make_up_the_pooled_ones(digits_run):
+    # Each client's accuracy weighted by its examples is the pooled accuracy; the
+    # spread keys are numpy.percentile over the clients; TFF has no training values.
+    history, h = digits_run["history"], digits_run["history"].history
+    sizes = {cid: len(x) for cid, (x, _) in
+             partition(digits_run["x_test"], digits_run["y_test"], 4, "iid", seed=0).items()}
+    evaluated = [r for r in history.client_metrics if r]
+    assert len(history.client_metrics) == DIGITS_ROUNDS
+    assert len(evaluated) == DIGITS_ROUNDS // DIGITS_EVERY
+    for i, per_client in enumerate(evaluated):
+        assert sorted(per_client) == sorted(sizes)
+        pooled = sum(sizes[c] * v["accuracy"] for c, v in per_client.items()) / sum(sizes.values())
+        assert pooled == pytest.approx(h["fed_eval_accuracy"][i], abs=1e-6)
+        accuracies = [v["accuracy"] for v in per_client.values()]
+        assert h["fed_eval_accuracy_p10"][i] == pytest.approx(np.percentile(accuracies, 10))
+    assert history.client_train_metrics == [{}] * DIGITS_ROUNDS
 
 
 def test_bytes_are_the_dense_model_payload_per_sampled_client(digits_run):

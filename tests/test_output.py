@@ -114,6 +114,17 @@ def test_loss_and_first_metric_are_the_last_to_go():
 
 @pytest.mark.native
 @pytest.mark.tf_independent
+def test_the_spread_over_clients_stays_in_history_not_on_the_line():
+    logs = {"loss": 0.5, "fed_eval_accuracy": 0.8, "fed_eval_accuracy_p10": 0.6,
+            "fed_eval_accuracy_max": 0.9, "fed_eval_personalized_accuracy": 0.85,
+            "fed_eval_personalized_accuracy_min": 0.7}
+    line = round_line(1, 2, logs, width=None)
+    assert "fed_eval_accuracy 0.8000" in line and "fed_eval_personalized_accuracy 0.8500" in line
+    assert "p10" not in line and "_max" not in line and "_min" not in line
+
+
+@pytest.mark.native
+@pytest.mark.tf_independent
 def test_names_that_would_collide_stay_long():
     logs = {"loss": 1.0, "accuracy": 0.5, "sparse_categorical_accuracy": 0.5}
     line = round_line(1, 9, logs, width=79, timing=("x" * 40, "ETA 1s"))

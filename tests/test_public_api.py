@@ -14,11 +14,12 @@ pytestmark = pytest.mark.distributed  # runs in both environments
 PUBLIC = {
     "__version__",
     "quiet_tensorflow_startup",
+    "plot_history",
     "fit_distributed", "get_strategy", "use_logical_cpus", "TFConfigError", "StrategyError",
     "StrategyInitError", "DataError", "DataTypeError", "FitArgumentError", "DeviceConfigError",
     "fit_federated", "partition", "PartitionError", "ClientData", "as_client_data",
     "ClientDataError", "ClientDataTypeError", "FedAvg", "FedProx", "FedSGD", "MimeLite",
-    "Scaffold", "Algorithm", "ClientContext", "ClientOutput", "ServerContext",
+    "Scaffold", "Ditto", "Algorithm", "ClientContext", "ClientOutput", "ServerContext",
     "ServerSGD", "ServerAdam", "ServerYogi", "ServerAdagrad", "FederatedUnavailableError",
     "ModelError", "ModelTypeError",
     "ENGINE_NAMES", "EngineError", "EngineTypeError", "FederatedArgumentError",
@@ -29,6 +30,7 @@ PUBLIC = {
     "Mean", "Median", "TrimmedMean", "Krum", "Bulyan", "DPMean", "SecureSum", "ClipNorm",
     "Zeroing", "Quantize", "TopK", "AGGREGATOR_NAMES", "AggregatorError",
     "AggregatorTypeError", "Attack", "write_client_data",
+    "FineTune",
     # The error family (kerasfed/errors.py); tests/test_errors.py checks each class.
     "KerasfedError", "ArgumentError", "ArgumentTypeError", "SignatureError", "LabelError",
     "IdxFormatError", "MissingDependencyError", "WorkerStartError", "WorkerDiedError",

@@ -30,6 +30,7 @@ from kerasfed.federated import checkpoint as ckpt
 from kerasfed.federated import aggregators as agg
 from kerasfed.federated.aggregators import accounting
 from kerasfed.federated.algorithms import get_algorithm
+from kerasfed.federated.algorithms.personal import PersonalLayers
 from kerasfed.federated.attack import Attack
 from kerasfed.federated.client_optimizers import client_optimizer_from_keras
 from kerasfed.federated.engines.native.forward import keras_inputs
@@ -40,6 +41,8 @@ from kerasfed.federated.compiled_parts import CompiledParts
 from kerasfed.federated.engines import EngineSetup, resolve_engine
 from kerasfed.federated.engines.tff import capabilities as tff_capabilities
 from kerasfed.federated.model_outputs import OutputLayout
+from kerasfed.federated.personal_layers import resolve_personal_layers
+from kerasfed.federated.personalization import check_personalization
 from kerasfed.federated.progress import resolve_verbose
 from kerasfed.federated.server_optimizers import resolve_server_optimizer
 from kerasfed.federated.strategy_argument import engine_for_strategy, resolve_replicas
@@ -91,6 +94,8 @@ class Plan:
     # Set where training starts (fit.py), from the checkpoint and the other
     # workers, with ``setup.seed`` (None until then unless given) and ``setup.attackers``:
     checkpoint: ckpt.Checkpoint | None = None
+    # ``personalization=``, checked (``personalization.CheckedFineTune``), or None.
+    personalization: Any = None
 
     model = _of_setup("model")
     recipe = _of_setup("recipe")
@@ -146,6 +151,9 @@ def check_arguments(model: Any, clients: Any, **args: Any) -> Plan:
 
     model = resolve_compiled_model(model, caller=_CALLER)
     algorithm = get_algorithm(args["algorithm"])
+    personal = resolve_personal_layers(args.get("personal_layers"), model)
+    if personal is not None:
+        algorithm = PersonalLayers(algorithm, personal.trainable)
     server_optimizer = resolve_server_optimizer(args["server_optimizer"])
     server_learning_rate = round_schedule(args["server_learning_rate"],
                                           name="server_learning_rate", rounds=rounds)
@@ -164,7 +172,8 @@ def check_arguments(model: Any, clients: Any, **args: Any) -> Plan:
         engine = _tff_or_native(auto, model=model, clients=client_data,
                                 evaluation_clients=eval_data,
                                 validation_data=args["validation_data"], aggregator=chain,
-                                algorithm=algorithm, attack=args["attack"])
+                                algorithm=algorithm, attack=args["attack"],
+                                personalization=args.get("personalization"))
     # The TFF engine rebuilds the model from its config inside TFF's graphs; the
     # native engine trains the model itself, so subclassed models need no config.
     recipe = ModelRecipe.from_model(model, caller=_CALLER, rebuild=engine == "tff")
@@ -243,6 +252,14 @@ def check_arguments(model: Any, clients: Any, **args: Any) -> Plan:
     fingerprint.update(_rates_fingerprint(server_optimizer, server_learning_rate,
                                           client_learning_rate))
 
+    if args.get("personalization") is not None and (
+            personal is not None or algorithm.trains_personal_model):
+        raise FederatedArgumentError(
+            f"{_CALLER}: personalization=FineTune(...) fine-tunes the global model, and this "
+            f"run's clients keep weights of their own ("
+            f"{'personal_layers' if personal is not None else algorithm.name}), which are "
+            f"evaluated on the evaluation clients that are training clients instead "
+            f"(fed_eval_personalized_<metric>). Pass one or the other.")
     setup = EngineSetup(
         model=model, recipe=recipe, parts=parts, algorithm=algorithm,
         client_optimizer=client_opt, server_optimizer=server_optimizer,
@@ -252,6 +269,7 @@ def check_arguments(model: Any, clients: Any, **args: Any) -> Plan:
         largest_client=max(client_data.num_examples(c) for c in client_data.client_ids),
         num_clients=len(client_data.client_ids), local_epochs=local_epochs, aggregator=chain,
         attack=attack, seed=seed, expected_clients=expected, replicas=replicas, layout=layout,
+        personal=personal,
     )
     return Plan(
         engine=engine, setup=setup, clients=client_data, eval_clients=eval_clients,
@@ -260,6 +278,9 @@ def check_arguments(model: Any, clients: Any, **args: Any) -> Plan:
         shuffle=shuffle, evaluate_every=evaluate_every, client_sampling=sampling,
         label_rule=(num_classes, sparse), callbacks=callbacks, checkpoint_dir=checkpoint_dir,
         fingerprint=fingerprint, verbose=verbose,
+        personalization=check_personalization(
+            args.get("personalization"), recipe=recipe, evaluation_clients=eval_clients,
+            batch_size=batch_size, engine=engine),
     )
 
 

@@ -80,7 +80,10 @@ class Checkpoint:
       rounds_completed: Rounds finished (the next round to run has this index).
       seed: The seed of client sampling and shuffling.
       fingerprint: ``{component: description}`` of the training configuration.
-      round_logs: The logs of each completed round, in order.
+      round_logs: The logs of each completed round, in order: its ``History``
+        numbers and what it recorded per client (``participants``: a list of ids;
+        ``client_metrics``, ``client_train_metrics``: ``{client_id: {metric:
+        value}}``), all kept as JSON (NaN included).
       state: The server state (``NeutralState``): weights, optimizer, algorithm.
       client_states: The per-client state saved with it, or None (set by
         ``load_checkpoint``; ``save_checkpoint`` takes the store itself).
@@ -89,7 +92,7 @@ class Checkpoint:
     rounds_completed: int
     seed: int
     fingerprint: dict[str, str]
-    round_logs: list[dict[str, float]]
+    round_logs: list[dict[str, Any]]
     state: NeutralState
     client_states: SavedClientStates | None = None
 

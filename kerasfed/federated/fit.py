@@ -32,7 +32,9 @@ from kerasfed.federated.arguments import (  # noqa: F401  (re-exported names)
     check_arguments,
 )
 from kerasfed.federated.aggregators import accounting
+from kerasfed.federated import personalization
 from kerasfed.federated.attack import flip_labels
+from kerasfed.federated.client_metrics import spread
 from kerasfed.federated.client_state import ClientStateStore
 from kerasfed.federated.clients import ClientData, client_shuffle_seed, epoch_orders, sample_clients
 from kerasfed.federated.clients.structure import has_strings, num_rows, to_tensors
@@ -73,6 +75,8 @@ def fit_federated(
     client_sampling: str = "uniform",
     attack: Any = None,
     strategy: Any = None,
+    personalization: Any = None,
+    personal_layers: Any = None,
     verbose: int | str = "auto",
 ) -> keras.callbacks.History:
     """Trains a compiled Keras model by federated learning, simulated in one process.
@@ -96,7 +100,10 @@ def fit_federated(
     clients in the round). On
     evaluated rounds (see ``evaluate_every``) also ``val_<metric>`` (Keras
     ``evaluate`` of ``validation_data``) and ``fed_eval_<metric>`` (federated
-    evaluation over ``evaluation_clients``, averaged over all their examples).
+    evaluation over ``evaluation_clients``, averaged over all their examples) with,
+    for each such metric, its spread over the evaluated clients:
+    ``fed_eval_<metric>_min``, ``_p10``, ``_p50``, ``_p90``, ``_max`` (each client
+    counts once, whatever its size; ``numpy.percentile``'s default interpolation).
     With an ``aggregator`` that reports them: ``clip_norm`` (the norm this round
     clipped to), ``clipped_fraction``, ``zeroed_fraction``, ``noise_std`` (of the
     aggregate); with ``DPMean``: ``epsilon`` (after this round, from
@@ -110,6 +117,17 @@ def fit_federated(
     left out; on the TFF engine, which cannot tell which ones, a round with such
     clients lists all of its clients, and a round where every update was left
     out lists none). It is saved with checkpoints: a resumed run lists every round.
+
+    ``History.client_metrics`` has, per round (index = round from 0), each
+    evaluation client's values, ``{client_id: {metric: value}}`` with the
+    ``fed_eval_`` metrics' names (``loss`` first): what Keras ``evaluate`` gives
+    on that client's examples alone with the round's global weights (batches of
+    ``batch_size``), or ``{}`` on rounds without federated evaluation (only the
+    clients evaluated that round appear, see ``evaluation_clients_per_round``).
+    ``History.client_train_metrics`` has, per round, each aggregated client's own
+    training loss and metrics during its local training, the same way (``{}`` on
+    the TFF engine, which cannot tell its clients apart). Both are saved with
+    checkpoints like ``participants`` (a round saved by an older kerasfed: None).
 
     Args:
       model: A compiled, built Keras model (Sequential or functional; on the
@@ -188,13 +206,30 @@ def fit_federated(
         probability ``clients_per_round / number of clients``).
       attack: None (default) or a ``kerasfed.Attack``: a seeded fraction of the
         clients is malicious for the whole run (update attacks: native engine).
+      personalization: None (default) or ``kerasfed.FineTune(...)``: on evaluated
+        rounds each evaluation client fine-tunes a copy of the global model on
+        part of its examples and tests it on the rest, adding
+        ``fed_eval_personalized_<metric>`` and ``fed_eval_baseline_<metric>``
+        (unweighted means over the clients, with the same quantile keys) to
+        ``History``; needs ``evaluation_clients``; native engine only (see
+        docs/personalization.md).
+      personal_layers: None (default), a layer name, a list of names, a function
+        of a layer returning True for personal ones, or ``"batch_norm"`` (every
+        BatchNormalization layer: FedBN). Every weight of those layers (moving
+        statistics included) is kept by each client, trained locally and never
+        sent or averaged: their global values stay the initial ones, a client
+        starts from those the first time it takes part, and the bytes counted
+        leave them out. FedPer is the model's head made personal. Native engine
+        only; one process (see docs/personalization.md).
       verbose: 0 (silent), 1 (progress bar), 2 (one line per round) or ``"auto"``
         (default: 1 in a terminal or notebook, else 2).
 
     Returns:
       A ``keras.callbacks.History``: ``.history`` as above, ``.model`` is ``model``
       (holding the final global weights), ``.params`` has ``rounds`` and ``seed``,
-      ``.participants`` the client ids aggregated in each round (see above).
+      ``.participants`` the client ids aggregated in each round,
+      ``.client_metrics`` and ``.client_train_metrics`` each client's metrics
+      per round (see above).
 
     Raises:
       FederatedUnavailableError: ``engine="tff"`` where TFF is not installed.
@@ -222,6 +257,7 @@ def fit_federated(
         evaluation_clients_per_round=evaluation_clients_per_round, callbacks=callbacks, checkpoint_dir=checkpoint_dir, seed=seed, engine=engine,
         max_parallel_clients=max_parallel_clients, aggregator=aggregator,
         client_sampling=client_sampling, attack=attack, strategy=strategy, verbose=verbose,
+        personalization=personalization, personal_layers=personal_layers,
     )
     plan = _resume_point(plan)
     # Only the chief writes: other workers' file-writing callbacks write to a temp
@@ -272,14 +308,14 @@ def _train(plan: Plan) -> keras.callbacks.History:
         model.set_weights(saved.state.weights)
 
     history = keras.callbacks.History()
-    history.participants = []
     progress = RoundProgress(plan.verbose, plan.rounds, initial_round=start)
     callbacks = keras.callbacks.CallbackList(
         [history, *plan.callbacks, progress], model=model,
         verbose=plan.verbose, epochs=plan.rounds, steps=None,
     )
     history.params = dict(history.params or {}, rounds=plan.rounds, seed=plan.seed,
-                          engine=plan.engine, aggregator=plan.aggregator.describe())
+                          engine=plan.engine, aggregator=plan.aggregator.describe(),
+                          evaluate_every=plan.evaluate_every)  # which rounds val_/fed_eval_ are
     if plan.replicas is not None:
         history.params["replicas"] = plan.replicas.num_replicas
         history.params["workers"] = plan.replicas.workers
@@ -298,14 +334,15 @@ def _train(plan: Plan) -> keras.callbacks.History:
             progress.note(f"fit_federated: {engine.describe()}")
         callbacks.on_train_begin()
         _restore_history(history, round_logs)
-        logs: dict = _without_participants(round_logs[-1]) if round_logs else {}
+        logs: dict = _numbers(round_logs[-1]) if round_logs else {}
         for round_num in range(start, plan.rounds):
             callbacks.on_epoch_begin(round_num)
             with quiet_tensorflow():  # callbacks run outside: their logs stay visible
-                state, logs, participants = _run_round(plan, engine, state, round_num)
-            history.participants.append(participants)
+                state, logs, per_client = _run_round(plan, engine, state, round_num)
+            for key, attribute in _PER_CLIENT.items():
+                getattr(history, attribute).append(per_client[key])
             # Saved with the round's logs, so a resumed run lists every round's.
-            round_logs.append(dict(logs, **{_PARTICIPANTS: participants}))
+            round_logs.append(dict(logs, **per_client))
             if plan.checkpoint_dir is not None and plan.chief:
                 ckpt.save_checkpoint(plan.checkpoint_dir, ckpt.Checkpoint(
                     rounds_completed=round_num + 1, seed=plan.seed,
@@ -378,7 +415,13 @@ def _whole_clients(data: ClientData) -> list[ClientRound]:
 
 
 def _run_round(plan: Plan, engine: Any, state: Any,
-               round_num: int) -> tuple[Any, dict, list[str]]:
+               round_num: int) -> tuple[Any, dict, dict]:
+    """Trains (and on evaluated rounds evaluates) round ``round_num``.
+
+    Returns:
+      The new state, the round's ``History`` logs, and what it records per client
+      (``_PER_CLIENT``'s keys: participants, training and evaluation metrics).
+    """
     started = time.perf_counter()
     clients = round_clients(plan, round_num)
     state, result = engine.train_round(state, clients, round_num)
@@ -400,9 +443,15 @@ def _run_round(plan: Plan, engine: Any, state: Any,
     )
     logs.update(result.aggregation)
     logs.update(_round_extras(plan, clients, round_num))
+    evaluated: dict[str, dict[str, float]] = {}
     if (round_num + 1) % plan.evaluate_every == 0 or round_num == plan.rounds - 1:
-        logs.update(_evaluate(plan, engine, state, round_num))
-    return state, logs, _participants(clients, result)
+        evaluation_logs, evaluated = _evaluate(plan, engine, state, round_num)
+        logs.update(evaluation_logs)
+    return state, logs, {
+        _PARTICIPANTS: _participants(clients, result),
+        _CLIENT_TRAIN_METRICS: _plain(result.client_metrics or {}),
+        _CLIENT_METRICS: evaluated,
+    }
 
 
 def _participants(clients: Sequence[ClientRound], result: Any) -> list[str]:
@@ -453,8 +502,12 @@ def _warn_non_finite(round_num: int, result: Any, expected_examples: int) -> Non
     )
 
 
-def _evaluate(plan: Plan, engine: Any, state: Any, round_num: int) -> dict[str, float]:
+def _evaluate(plan: Plan, engine: Any, state: Any,
+              round_num: int) -> tuple[dict[str, float], dict[str, dict[str, float]]]:
+    """The evaluation logs of round ``round_num`` (``val_``, ``fed_eval_`` and its
+    quantiles over clients), and each evaluation client's values."""
     logs: dict[str, float] = {}
+    per_client: dict[str, dict[str, float]] = {}
     if plan.validation is not None:
         x, y, *w = plan.validation
         if has_strings(x) or has_strings(y):  # Keras 3's evaluate refuses numpy strings
@@ -469,25 +522,56 @@ def _evaluate(plan: Plan, engine: Any, state: Any, round_num: int) -> dict[str, 
         if plan.eval_clients_per_round is not None:
             data = data.subset(sample_clients(data.client_ids, plan.eval_clients_per_round,
                                               round_num, plan.seed, stream=2))
-        results = engine.evaluate(state, _whole_clients(data))
-        logs.update({f"fed_eval_{k}": v for k, v in results.items()})
-    return logs
+        evaluation = engine.evaluate(state, _whole_clients(data))
+        logs.update({f"fed_eval_{k}": v for k, v in evaluation.pooled.items()})
+        per_client = _plain(evaluation.per_client)
+        logs.update(spread("fed_eval_", per_client))
+        if plan.personalization is not None:  # FineTune: personalized and baseline, per client
+            tuned = personalization.evaluate_round(plan, engine, state, data, round_num)
+            logs.update(tuned.logs)
+            for cid, values in tuned.per_client.items():
+                per_client.setdefault(cid, {}).update(values)
+        elif getattr(engine, "keeps_personal_weights", False):
+            # Personal layers / models: evaluation clients that are training clients
+            # are evaluated with their own weights, beside the global model.
+            training = set(plan.clients.client_ids)
+            mine = [c for c in _whole_clients(data) if c.cid in training]
+            if mine:
+                own = engine.evaluate_personal(state, mine)
+                logs.update(personalization.round_logs(own))
+                for cid, values in own.items():
+                    per_client.setdefault(cid, {}).update(values)
+    return logs, per_client
 
 
-_PARTICIPANTS = "participants"  # the key of a saved round's participants
+def _plain(per_client: dict) -> dict[str, dict[str, float]]:
+    """``{client_id: {metric: value}}`` with str ids and float values (JSON in checkpoints)."""
+    return {str(cid): {str(k): float(v) for k, v in values.items()}
+            for cid, values in per_client.items()}
 
 
-def _without_participants(logs: dict) -> dict:
-    return {k: v for k, v in logs.items() if k != _PARTICIPANTS}
+# The keys of what a saved round records per client, and their `History` attributes.
+_PARTICIPANTS = "participants"
+_CLIENT_METRICS = "client_metrics"
+_CLIENT_TRAIN_METRICS = "client_train_metrics"
+_PER_CLIENT = {_PARTICIPANTS: "participants", _CLIENT_METRICS: "client_metrics",
+               _CLIENT_TRAIN_METRICS: "client_train_metrics"}
+
+
+def _numbers(logs: dict) -> dict:
+    """A saved round's logs without its per-client records (what ``History.history`` holds)."""
+    return {k: v for k, v in logs.items() if k not in _PER_CLIENT}
 
 
 def _restore_history(history: keras.callbacks.History, round_logs: list[dict]) -> None:
     # History.on_train_begin resets `epoch`; refill it with the resumed rounds.
-    # Participants go to their own attribute: Keras callbacks expect numbers in
-    # `history.history`. (None for rounds saved before kerasfed recorded them.)
-    history.participants = []
+    # Per-client records go to their own attributes: Keras callbacks expect numbers
+    # in `history.history`. (None for rounds saved before kerasfed recorded them.)
+    for attribute in _PER_CLIENT.values():
+        setattr(history, attribute, [])
     for round_num, logs in enumerate(round_logs):
         history.epoch.append(round_num)
-        history.participants.append(logs.get(_PARTICIPANTS))
-        for key, value in _without_participants(logs).items():
+        for key, attribute in _PER_CLIENT.items():
+            getattr(history, attribute).append(logs.get(key))
+        for key, value in _numbers(logs).items():
             history.history.setdefault(key, []).append(value)

@@ -69,8 +69,15 @@ def format_logs(logs: dict[str, Any]) -> str:
     return " - ".join(f"{k}: {_value(v)}" for k, v in _metrics(logs))
 
 
+# The spread over clients (``fed_eval_accuracy_p10``...): five numbers per metric
+# would push a round's line past any terminal; History and the plots have them.
+_SPREAD_SUFFIXES = ("_min", "_p10", "_p50", "_p90", "_max")
+
+
 def _metrics(logs: dict[str, Any]) -> list[tuple[str, Any]]:
-    return [(k, v) for k, v in logs.items() if k not in _NOT_SHOWN and _is_number(v)]
+    return [(k, v) for k, v in logs.items()
+            if k not in _NOT_SHOWN and _is_number(v)
+            and not (k.startswith("fed_eval_") and k.endswith(_SPREAD_SUFFIXES))]
 
 
 def _is_number(value: Any) -> bool:

@@ -124,16 +124,17 @@ def mirrored(out_path: str, device: str = "CPU") -> None:
         if len(gpus) == 1:
             tf.config.set_logical_device_configuration(
                 gpus[0], [tf.config.LogicalDeviceConfiguration(memory_limit=2048)] * 2)
-    out = {}
+    out, one_process = {}, {}
     for name in CASES:
-        one, h1 = run_case(name, None)
+        one_process[name] = run_case(name, None)
+        one, h1 = one_process[name]
         two, h2 = run_case(name, "mirrored")
         out[name] = {"weights": _max_diff(one, two), "history": _history_diff(h1.history, h2.history),
                      "replicas": h2.params.get("replicas"), "form": h2.params["engine_form"]}
     # Replicas of one process train side by side (threads) on accelerators; the
-    # same code path, forced on the logical CPUs.
+    # same code path, forced on the logical CPUs (one process: the run above).
     native_engine.side_by_side = lambda devices: True
-    one, h1 = run_case("fedavg", None)
+    one, h1 = one_process["fedavg"]
     two, h2 = run_case("fedavg", "mirrored")
     out["fedavg_side_by_side"] = {"weights": _max_diff(one, two), "replicas": h2.params["replicas"],
                                   "history": _history_diff(h1.history, h2.history),

@@ -9,6 +9,7 @@ name                        value
 ``"fedprox"``               ``FedProx(mu=0.01)`` (Li et al. 2020)
 ``"mime"``                  ``MimeLite()`` (Karimireddy et al. 2021)
 ``"scaffold"``              ``Scaffold()`` (Karimireddy et al. 2020)
+``"ditto"``                 ``Ditto(lam=0.1)`` (Li et al. 2021; personal models)
 ==========================  =================================================
 
 Any other ``Algorithm`` subclass runs too (on the native engine): see
@@ -34,6 +35,7 @@ from kerasfed.federated.algorithms._base import (
     ClientOutput,
     ServerContext,
 )
+from kerasfed.federated.algorithms.ditto import Ditto
 from kerasfed.federated.algorithms.fedavg import FedAvg
 from kerasfed.federated.algorithms.fedprox import FedProx
 from kerasfed.federated.algorithms.fedsgd import FedSGD
@@ -47,6 +49,7 @@ _REGISTRY: dict[str, Callable[[], Algorithm]] = {
     "fedprox": FedProx,
     "mime": MimeLite,
     "scaffold": Scaffold,
+    "ditto": Ditto,
 }
 
 ALGORITHM_NAMES: tuple[str, ...] = tuple(_REGISTRY)
@@ -79,12 +82,12 @@ def get_algorithm(spec: AlgorithmLike) -> Algorithm:
     if isinstance(spec, type) and issubclass(spec, Algorithm):
         raise AlgorithmTypeError(
             f"Expected `algorithm` to be a name in {list(ALGORITHM_NAMES)} or an Algorithm "
-            f"(FedAvg, FedProx, FedSGD, MimeLite, Scaffold, or a subclass of kerasfed.Algorithm)"
-            f" instance. Received the class {spec.__name__}: pass an instance, "
+            f"(FedAvg, FedProx, FedSGD, MimeLite, Scaffold, Ditto, or a subclass of "
+            f"kerasfed.Algorithm) instance. Received the class {spec.__name__}: pass an instance, "
             f"algorithm={spec.__name__}().")
     raise AlgorithmTypeError(
         f"Expected `algorithm` to be a name in {list(ALGORITHM_NAMES)} or an Algorithm "
-        f"(FedAvg, FedProx, FedSGD, MimeLite, Scaffold, or a subclass of "
+        f"(FedAvg, FedProx, FedSGD, MimeLite, Scaffold, Ditto, or a subclass of "
         f"kerasfed.Algorithm). Received: algorithm={spec!r} of type "
         f"{type(spec).__name__}."
     )
@@ -98,6 +101,7 @@ __all__ = [
     "AlgorithmTypeError",
     "ClientContext",
     "ClientOutput",
+    "Ditto",
     "FedAvg",
     "FedProx",
     "FedSGD",

@@ -6,6 +6,7 @@ aggregation, server update) and in optax's style (pure functions of tensors,
 state passed in and returned):
 
 client work, per client, inside the engine's compiled round
+  ``client_start``: where local training starts (the broadcast weights);
   ``correct_gradient`` / ``local_step``: one local step, given the batch's loss
   gradient (FedProx's proximal term, SCAFFOLD's control-variate correction);
   ``client_end``: the client's update, its new own state, and any other values
@@ -153,6 +154,12 @@ class Algorithm(abc.ABC):
     #: a choice make this a dataclass field.
     weighted: ClassVar[bool] = True
 
+    #: Whether each client also trains a personal model of its own (Ditto): the
+    #: engine keeps it per client (starting from the global initial weights),
+    #: calls ``personal_step`` in every local step with the batch's loss gradient
+    #: at it, and evaluates evaluation clients that are training clients with it.
+    trains_personal_model: ClassVar[bool] = False
+
     @property
     def name(self) -> str:
         """Short identifier, e.g. ``"fedavg"`` (default: the class name, lower case)."""
@@ -179,6 +186,11 @@ class Algorithm(abc.ABC):
         return dict(state)
 
     # -- client work ----------------------------------------------------------------
+    def client_start(self, ctx: ClientContext) -> Tensors:
+        """The weights the client's local training starts from (default: the
+        broadcast ones; ``PersonalLayers`` puts the client's own values in)."""
+        return list(ctx.broadcast_weights)
+
     def correct_gradient(self, ctx: ClientContext, weights: Tensors, grads: Tensors) -> Tensors:
         """The gradient a local step applies, given the batch's loss gradient."""
         del ctx, weights
@@ -194,6 +206,15 @@ class Algorithm(abc.ABC):
         optimizer_state, weights = optimizer.step(
             optimizer_state, weights, self.correct_gradient(ctx, weights, grads))
         return weights, optimizer_state
+
+    def personal_step(self, ctx: ClientContext, personal: Tensors, grads: Tensors,
+                      optimizer: Any, optimizer_state: dict) -> tuple[Tensors, dict]:
+        """One step of the client's personal model (``trains_personal_model``):
+        ``(new personal weights, new optimizer state)``, given the batch's loss
+        gradient at ``personal``. The default is a plain optimizer step."""
+        del ctx
+        optimizer_state, personal = optimizer.step(optimizer_state, personal, grads)
+        return personal, optimizer_state
 
     def client_end(self, ctx: ClientContext, weights: Tensors) -> ClientOutput:
         """What the client sends back after its local steps (default: its model delta)."""

@@ -21,6 +21,7 @@ from kerasfed.federated.engines.base import (
     ClientRound,
     Engine,
     EngineSetup,
+    Evaluation,
     NeutralState,
     RoundResult,
 )
@@ -78,6 +79,7 @@ __all__ = [
     "EngineError",
     "EngineSetup",
     "EngineTypeError",
+    "Evaluation",
     "NeutralState",
     "RoundResult",
     "make_engine",

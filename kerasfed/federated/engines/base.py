@@ -57,6 +57,9 @@ class RoundResult:
       participants: The ids of the clients whose updates were aggregated (after
         those left out as non-finite), or None when the engine cannot tell
         (``fit_federated`` then reports the round's clients).
+      client_metrics: Each aggregated client's own training loss and metrics
+        this round (``{client_id: {name: value}}``, Keras names as in
+        ``metrics``), or None when the engine cannot tell them apart (TFF).
     """
 
     metrics: dict[str, float]
@@ -65,6 +68,23 @@ class RoundResult:
     aggregation: dict[str, float] = dataclasses.field(default_factory=dict)
     skipped: str | None = None
     participants: list[str] | None = None
+    client_metrics: dict[str, dict[str, float]] | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class Evaluation:
+    """What ``Engine.evaluate`` returns: the global model on held-out clients.
+
+    Attributes:
+      pooled: Loss and compiled metrics over all the clients' examples together
+        (Keras names, loss first): ``History``'s ``fed_eval_<metric>``.
+      per_client: ``{client_id: {name: value}}``, the same names, each client's
+        examples alone (what Keras ``evaluate`` gives on that client); clients
+        without examples are left out.
+    """
+
+    pooled: dict[str, float]
+    per_client: dict[str, dict[str, float]] = dataclasses.field(default_factory=dict)
 
 
 @dataclasses.dataclass
@@ -121,6 +141,9 @@ class EngineSetup:
         ``expected_clients``).
       client_states: The run's ``ClientStateStore`` (per-client state of the
         algorithm and the aggregators), or None (the engine keeps its own).
+      personal: The model's personal weights (``personal_layers.PersonalWeights``:
+        the engine keeps their non-trainable ones per client and counts none of
+        them in the bytes), or None.
       client_learning_rate: The clients' learning rate by round (a
         ``RoundSchedule``), overriding ``client_optimizer.learning_rate`` (whose
         other settings stay), or None: the compiled optimizer's rate.
@@ -149,6 +172,7 @@ class EngineSetup:
     client_learning_rate: Any = None  # learning_rates.RoundSchedule | None
     num_clients: int | None = None
     client_states: Any = None  # client_state.ClientStateStore | None
+    personal: Any = None  # personal_layers.PersonalWeights | None
 
 
 class Engine(abc.ABC):
@@ -171,8 +195,9 @@ class Engine(abc.ABC):
         model; returns the new state."""
 
     @abc.abstractmethod
-    def evaluate(self, state: Any, clients: Sequence[ClientRound]) -> dict[str, float]:
-        """Loss and compiled metrics of the global model over all ``clients``' examples."""
+    def evaluate(self, state: Any, clients: Sequence[ClientRound]) -> Evaluation:
+        """Loss and compiled metrics of the global model over all ``clients``' examples
+        (``pooled``) and over each client's (``per_client``)."""
 
     @abc.abstractmethod
     def get_weights(self, state: Any) -> list[np.ndarray]:

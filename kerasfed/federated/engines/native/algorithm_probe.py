@@ -54,6 +54,8 @@ def probe_algorithm(algorithm: Algorithm, trainable: list, client_rule: Any) -> 
                         examples=tf.constant(1.0), full_gradient=list(trainable))
     zeros = [tf.zeros_like(t) for t in trainable]
     if algorithm.trains_locally:
+        start = call("client_start", ctx)
+        _check_like(f"{name}.client_start", start, trainable)
         opt_state = client_rule.init(trainable) if client_rule is not None else {}
         rule = (dataclasses.replace(client_rule, learning_rate=tf.constant(0.0))
                 if client_rule is not None else None)

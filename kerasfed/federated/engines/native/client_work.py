@@ -21,7 +21,9 @@ algorithm never sees the client axis, the padding or the masks.
 
 The compiled function returns, per client (a leading axis): ``update``,
 ``client_state`` and ``extras`` (``ClientOutput``'s fields), the model's
-non-trainable ``state``, ``loss_sum`` and ``examples``.
+non-trainable ``state``, ``loss_sum`` and ``examples``, and the sums behind
+the client's own metric values (``metric_totals`` / ``metric_counts``,
+``client_train_metrics.py``).
 """
 
 from __future__ import annotations
@@ -31,6 +33,10 @@ import dataclasses
 import tensorflow as tf
 
 from kerasfed.federated.algorithms import Algorithm, ClientContext
+from kerasfed.federated.engines.native.client_train_metrics import (
+    client_sums,
+    per_client_names,
+)
 from kerasfed.federated.output_parts import update_metrics
 
 
@@ -47,10 +53,13 @@ class ClientWork:
       lockstep: Which form.
       jit_compile: Compile with XLA.
       in_flight: Clients the sequential form trains side by side.
+      personal_state: Positions of the model's non-trainable weights each client
+        keeps (personal layers' moving statistics): ``run``'s ``own_state`` gives
+        each client's values there ([C, ...] each), instead of the round's.
     """
 
     def __init__(self, forward, rule, *, algorithm: Algorithm, metrics: list, lockstep: bool,
-                 jit_compile: bool, in_flight: int = 1):
+                 jit_compile: bool, in_flight: int = 1, personal_state: tuple = ()):
         self.forward = forward
         self.rule = rule
         self.algorithm = algorithm
@@ -59,6 +68,8 @@ class ClientWork:
         # Clients the sequential form trains at the same time (it needs a
         # stateless forward pass: clients must not share variables).
         self.in_flight = in_flight
+        self.personal_state = tuple(personal_state)
+        self._client_metric_count = len(per_client_names(metrics))
         body = self._lockstep if lockstep else self._sequential
         self.run = tf.function(body, jit_compile=jit_compile, reduce_retracing=True)
 
@@ -72,9 +83,22 @@ class ClientWork:
     def _update_metrics(self, y, pred, weight, sw=None):
         update_metrics(self.metrics, y, pred, weight, sw)
 
+    def _client_sums(self, totals, counts, y, pred, weight, sw=None):
+        """``totals``/``counts`` ([C, metrics]) plus one step's (inputs with a client axis)."""
+        t, c = client_sums(self.metrics, y, pred, weight, sw)
+        return totals + t, counts + c
+
     # -- lockstep --------------------------------------------------------------------
+    def _own(self, state: list, own_state: list, pick) -> list:
+        """``state`` with each client's own values (``pick(t)`` of ``own_state``'s
+        tensors) at the personal positions."""
+        state = list(state)
+        for i, t in zip(self.personal_state, own_state):
+            state[i] = pick(t)
+        return state
+
     def _lockstep(self, x, y, w, batches, counts, metric_mask, params, state, server,
-                  client_states, learning_rate):
+                  client_states, learning_rate, own_state=(), personal=()):
         # x and y may be structures (several inputs / outputs); w (sample weights,
         # [C, rows]) may be None.
         alg = self.algorithm
@@ -82,7 +106,7 @@ class ClientWork:
         num = tf.shape(tf.nest.flatten(x)[0])[0]
         tile = lambda t: tf.repeat(tf.expand_dims(t, 0), num, axis=0)  # noqa: E731
         params0 = [tile(p) for p in params]
-        state0 = [tile(s) for s in state]
+        state0 = self._own([tile(s) for s in state], own_state, lambda t: t)
         zeros = tf.zeros([num], tf.float32)
         local_steps = tf.reduce_sum(tf.cast(counts > 0, tf.float32), axis=1)
         examples = tf.reduce_sum(counts, axis=1)
@@ -112,6 +136,8 @@ class ClientWork:
 
         steps = tf.shape(batches)[1]
         loss_sum = zeros
+        # Each client's metric sums (``counts`` is taken: the batches' row counts).
+        metric_totals = metric_counts = tf.zeros([num, self._client_metric_count], tf.float32)
         st = state0
         full = None
         if alg.needs_full_gradient or not alg.trains_locally:
@@ -132,8 +158,10 @@ class ClientWork:
                 st = [tf.where(_bcast(active, n), n, o) for n, o in zip(new_st, st)]
                 if not alg.trains_locally:  # the metrics are those of the batches at w_t
                     loss_sum += ls
-                    self._update_metrics(flat(yb), flat(pred),
-                                         flat(mask * metric_mask[:, None]), flat(wb))
+                    weight = mask * metric_mask[:, None]
+                    self._update_metrics(flat(yb), flat(pred), flat(weight), flat(wb))
+                    metric_totals, metric_counts = self._client_sums(
+                        metric_totals, metric_counts, yb, pred, weight, wb)
             denom = tf.maximum(examples, 1.0)
             full = [a / _bcast(denom, a) for a in acc]
 
@@ -143,28 +171,47 @@ class ClientWork:
             st = state0
             full_args = [] if full is None else full
 
+            def start_one(args):
+                cs, k, n, *full_c = args
+                return list(alg.client_start(context(cs, k, n, full_c or None)))
+
+            if type(alg).client_start is not Algorithm.client_start:  # else: params0
+                p = tf.vectorized_map(
+                    start_one, (client_states, local_steps, examples, *full_args),
+                    fallback_to_while_loop=False)
+
             def train_one(args):
-                p, s, opt, cs, full_c, k, n, *data = args
+                p, s, opt, cs, full_c, k, n, v, v_opt, *data = args
                 grads, new_s, ls, elements, pred = self.forward.loss_and_grads(p, s, *data)
                 ctx = context(cs, k, n, full_c if full is not None else None)
                 new_p, new_opt = alg.local_step(ctx, p, grads, rule, opt)
-                return new_p, new_s, new_opt, ls / elements, pred
+                if own_model:  # the personal model's step, on the same batch
+                    v_grads = self.forward.loss_and_grads(v, s, *data)[0]
+                    v, v_opt = alg.personal_step(ctx, v, v_grads, rule, v_opt)
+                return new_p, new_s, new_opt, ls / elements, pred, list(v), v_opt
 
             opt = tf.nest.map_structure(tile, rule.init(params)) if rule is not None else {}
+            own_model = alg.trains_personal_model
+            v = list(personal)
+            v_opt = opt if own_model else {}
             for s in tf.range(steps):
                 xb, yb, mask, wb = gather(s)
-                new_p, new_st, new_opt, ls, pred = tf.vectorized_map(
+                new_p, new_st, new_opt, ls, pred, new_v, new_v_opt = tf.vectorized_map(
                     train_one, (p, st, opt, client_states, full_args, local_steps, examples,
-                                *batch_args(xb, yb, mask, wb)),
+                                v, v_opt, *batch_args(xb, yb, mask, wb)),
                     fallback_to_while_loop=False)
                 active = counts[:, s] > 0
                 keep = lambda n, o: tf.where(_bcast(active, n), n, o)  # noqa: E731
                 p = [keep(n, o) for n, o in zip(new_p, p)]
                 st = [keep(n, o) for n, o in zip(new_st, st)]
                 opt = tf.nest.map_structure(keep, new_opt, opt)
+                v = [keep(n, o) for n, o in zip(new_v, v)]
+                v_opt = tf.nest.map_structure(keep, new_v_opt, v_opt)
                 loss_sum += ls
-                self._update_metrics(flat(yb), flat(pred), flat(mask * metric_mask[:, None]),
-                                     flat(wb))
+                weight = mask * metric_mask[:, None]
+                self._update_metrics(flat(yb), flat(pred), flat(weight), flat(wb))
+                metric_totals, metric_counts = self._client_sums(
+                    metric_totals, metric_counts, yb, pred, weight, wb)
 
         def end_one(args):
             p_c, cs, full_c, k, n = args
@@ -175,11 +222,13 @@ class ClientWork:
             end_one, (p, client_states, [] if full is None else full, local_steps, examples),
             fallback_to_while_loop=False)
         return {"update": update, "client_state": new_client_states, "extras": extras,
-                "state": st, "loss_sum": loss_sum, "examples": examples}
+                "state": st, "loss_sum": loss_sum, "examples": examples,
+                "metric_totals": metric_totals, "metric_counts": metric_counts,
+                "personal": list(personal) if not alg.trains_locally else v}
 
     # -- sequential ------------------------------------------------------------------
     def _sequential(self, x, y, w, batches, counts, metric_mask, params, state, server,
-                    client_states, learning_rate):
+                    client_states, learning_rate, own_state=(), personal=()):
         # `in_flight` clients train side by side in each loop iteration: their
         # loops share nothing, so TensorFlow runs them at the same time, one core
         # each (small convolutions use a second core poorly: measured 1.1x). The
@@ -209,9 +258,14 @@ class ClientWork:
                 lambda t: tf.TensorArray(t.dtype, size=num, element_shape=t.shape), ref)
 
         update_ta, client_state_ta = arrays(list(probe.update)), arrays(list(probe.state))
+        own_model = alg.trains_personal_model
+        personal_ta = arrays(list(params) if own_model else [])
         extras_ta, state_ta = arrays(dict(probe.extras)), arrays(list(state))
         loss_ta = tf.TensorArray(tf.float32, size=num)
         seen_ta = tf.TensorArray(tf.float32, size=num)
+        width = self._client_metric_count
+        totals_ta = tf.TensorArray(tf.float32, size=num, element_shape=[width])
+        counts_ta = tf.TensorArray(tf.float32, size=num, element_shape=[width])
 
         pred_shape: list = []  # the model's output shape per example, seen while tracing
 
@@ -226,6 +280,7 @@ class ClientWork:
             # state (integers): offset them per client, so that clients draw
             # different Dropout masks.
             start = [t + tf.cast(c, t.dtype) if t.dtype.is_integer else t for t in state]
+            start = self._own(start, own_state, lambda t: t[c])
             seen = tf.zeros((), tf.float32)
             loss_sum = tf.zeros((), tf.float32)
             seen_ys = tf.nest.map_structure(lambda t: tf.TensorArray(
@@ -257,6 +312,7 @@ class ClientWork:
 
             st = start
             full = None
+            v = [t[c] for t in personal] if own_model else []
             if alg.needs_full_gradient or not alg.trains_locally:
                 acc = [tf.zeros_like(p) for p in params]
                 for s in tf.range(n_steps):
@@ -275,9 +331,15 @@ class ClientWork:
                 # The training pass starts from the round's state again.
                 st, seen = start, tf.zeros((), tf.float32)
                 ctx = context(cs, tf.cast(n_steps, tf.float32), examples, full)
+                p = list(alg.client_start(ctx))
                 opt = rule.init(params) if rule is not None else {}
+                v_opt = rule.init(params) if own_model else {}
                 for s in tf.range(n_steps):
                     data = batch(s)
+                    if own_model:  # the personal model's step, on the same batch
+                        v_grads = self.forward.loss_and_grads(v, st, *data)[0]
+                        v, v_opt = alg.personal_step(ctx, v, v_grads, rule, v_opt)
+                        v = list(v)
                     grads, st, ls, elements, pred = self.forward.loss_and_grads(p, st, *data)
                     p, opt = alg.local_step(ctx, p, grads, rule, opt)
                     p = list(p)
@@ -285,7 +347,8 @@ class ClientWork:
                     seen += tf.reduce_sum(data[2])
                     seen_ys, seen_preds, seen_ws = record(s, data, pred)
             result = alg.client_end(context(cs, tf.cast(n_steps, tf.float32), examples, full), p)
-            out.update(update=list(result.update), client_state=list(result.state),
+            out.update(personal=list(v), update=list(result.update),
+                       client_state=list(result.state),
                        extras=dict(result.extras), state=st, loss_sum=loss_sum, seen=seen,
                        n_steps=n_steps, ys=seen_ys, preds=seen_preds, ws=seen_ws)
             return out
@@ -294,6 +357,7 @@ class ClientWork:
             done = [one_client(g * k + j) for j in range(k)]
             for j, res in enumerate(done):
                 c = g * k + j
+                client_totals = client_counts = tf.zeros([width], tf.float32)
                 if res["n_steps"] > 0:
                     ys = tf.nest.map_structure(lambda ta: ta.concat(), res["ys"])
                     preds = tf.nest.pack_sequence_as(res["preds"], [
@@ -302,18 +366,29 @@ class ClientWork:
                     ws = None if w is None else res["ws"].concat()
                     weight = tf.fill(tf.shape(tf.nest.flatten(ys)[0])[:1], metric_mask[c])
                     self._update_metrics(ys, preds, weight, ws)
+                    one = lambda t: tf.expand_dims(t, 0)  # noqa: E731  (a client axis)
+                    t_c, c_c = client_sums(
+                        self.metrics, tf.nest.map_structure(one, ys),
+                        tf.nest.map_structure(one, preds), one(weight),
+                        None if ws is None else one(ws))
+                    client_totals, client_counts = t_c[0], c_c[0]
                 write = lambda ta, t, c=c: ta.write(c, t)  # noqa: E731
                 update_ta = tf.nest.map_structure(write, update_ta, res["update"])
                 client_state_ta = tf.nest.map_structure(write, client_state_ta,
                                                         res["client_state"])
+                personal_ta = tf.nest.map_structure(write, personal_ta, res["personal"])
                 extras_ta = tf.nest.map_structure(write, extras_ta, res["extras"])
                 state_ta = tf.nest.map_structure(write, state_ta, res["state"])
                 loss_ta = loss_ta.write(c, res["loss_sum"])
                 seen_ta = seen_ta.write(c, res["seen"])
+                totals_ta = totals_ta.write(c, client_totals)
+                counts_ta = counts_ta.write(c, client_counts)
         stack = lambda tas: tf.nest.map_structure(lambda ta: ta.stack(), tas)  # noqa: E731
         return {"update": stack(update_ta), "client_state": stack(client_state_ta),
                 "extras": stack(extras_ta), "state": stack(state_ta),
-                "loss_sum": loss_ta.stack(), "examples": seen_ta.stack()}
+                "loss_sum": loss_ta.stack(), "examples": seen_ta.stack(),
+                "metric_totals": totals_ta.stack(), "metric_counts": counts_ta.stack(),
+                "personal": stack(personal_ta)}
 
 
 def _bcast(values, like):

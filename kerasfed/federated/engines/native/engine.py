@@ -37,6 +37,7 @@ from kerasfed.federated.engines.base import (
     ClientRound,
     Engine,
     EngineSetup,
+    Evaluation,
     NeutralState,
     RoundResult,
     check_neutral,
@@ -53,6 +54,7 @@ from kerasfed.federated.engines.native.chunks import (
     default_parallel_clients,
     fill_rows,
 )
+from kerasfed.federated.engines.native.client_train_metrics import client_values, per_client_names
 from kerasfed.federated.engines.native.client_work import ClientWork
 from kerasfed.federated.engines.native.evaluation import FederatedEvaluation
 # Bound here under their old names: tests replace them on this module.
@@ -70,6 +72,10 @@ LOG = logging.getLogger("kerasfed")
 
 # The algorithm's per-client state table in the run's client-state store.
 _CLIENT_TABLE = "algorithm"
+# Personal layers' non-trainable weights (moving statistics), per client.
+_OWN_STATE_TABLE = "personal_state"
+# Personal models (Ditto's v_k), per client.
+_PERSONAL_MODEL_TABLE = "personal_model"
 
 
 def _rate(value: Any, round_num: int) -> float:
@@ -101,6 +107,9 @@ class NativeEngine(Engine):
         self._replica_metrics = [self._metrics] + [
             [make() for make in setup.parts.metrics] for _ in self._replicas.devices[1:]]
         self._rounds_run = 0
+        # Each client's own training metrics this round, filled chunk by chunk.
+        self._client_metric_names = per_client_names(self._metrics)
+        self._round_client_metrics: dict[str, dict[str, float]] = {}
 
         self._trainable = fwd.variables(model.trainable_variables)
         self._non_trainable = fwd.variables(model.non_trainable_variables)
@@ -118,6 +127,9 @@ class NativeEngine(Engine):
         self._probe = probe_algorithm(
             self._algorithm, [tf.convert_to_tensor(v) for v in self._trainable], self._client_rule)
         self._client_table = self._open_client_table(setup)
+        self._personal_state = tuple(setup.personal.non_trainable) if setup.personal else ()
+        self._own_table = self._open_own_state_table(setup)
+        self._personal_model_table = self._open_personal_model_table(setup)
         strings = any(spec.dtype == tf.string for spec in tf.nest.flatten(setup.element_spec))
 
         if form is None and strings:  # tf.vectorized_map has no string ops nor lookup tables
@@ -129,7 +141,8 @@ class NativeEngine(Engine):
         self.bytes_to_client, self.bytes_from_client = self._payload_bytes()
         self._evaluation = FederatedEvaluation(
             model, self._loss, flatten, [make() for make in setup.parts.metrics],
-            setup.batch_size, self._replicas)
+            setup.batch_size, self._replicas,
+            client_metrics=[make() for make in setup.parts.metrics])
 
     def _open_client_table(self, setup: EngineSetup):
         """The algorithm's per-client state table, or None for an algorithm without."""
@@ -147,6 +160,43 @@ class NativeEngine(Engine):
             store = self._own_store = ClientStateStore()
         return store.table(_CLIENT_TABLE, template)
 
+    def _open_own_state_table(self, setup: EngineSetup):
+        """The per-client table of personal non-trainable weights, or None."""
+        if not self._personal_state:
+            return None
+        if self._replicas.workers > 1:
+            raise AlgorithmError(
+                f"personal_layers keep weights per client, which kerasfed keeps in one "
+                f"process; this run has {self._replicas.workers} workers. Run it in one "
+                f"process (local devices are fine).")
+        store = setup.client_states
+        if store is None:
+            store = getattr(self, "_own_store", None) or ClientStateStore()
+            self._own_store = store
+        # A client seen for the first time starts from the global initial values.
+        return store.table(_OWN_STATE_TABLE,
+                           [self._non_trainable[i].numpy() for i in self._personal_state])
+
+    def _open_personal_model_table(self, setup: EngineSetup):
+        """The per-client personal models (``Algorithm.trains_personal_model``), or None."""
+        if not self._algorithm.trains_personal_model:
+            return None
+        store = setup.client_states
+        if store is None:
+            store = getattr(self, "_own_store", None) or ClientStateStore()
+            self._own_store = store
+        # A client seen for the first time starts from the global initial weights.
+        return store.table(_PERSONAL_MODEL_TABLE, [v.numpy() for v in self._trainable])
+
+    def personal_models(self, cids: Sequence[str]) -> dict[str, list[np.ndarray]] | None:
+        """Each of ``cids``' personal model (trainable weights) where it has one
+        (it trained before), or None for algorithms without personal models."""
+        if self._personal_model_table is None:
+            return None
+        known = [c for c in cids if c in self._personal_model_table]
+        rows = self._personal_model_table.read(known) if known else []
+        return {c: [r[i] for r in rows] for i, c in enumerate(known)}
+
     # -- form ---------------------------------------------------------------------
     def _build_works(self, form: str) -> list[ClientWork]:
         """One compiled client computation per local replica (each its own metrics)."""
@@ -162,6 +212,7 @@ class NativeEngine(Engine):
                 forward, self._client_rule, algorithm=self._algorithm, metrics=metrics,
                 lockstep=lockstep, jit_compile=form.endswith("+xla"),
                 in_flight=_clients_in_flight() if stateless and not lockstep else 1,
+                personal_state=self._personal_state,
             )
             for metrics in self._replica_metrics
         ]
@@ -244,6 +295,7 @@ class NativeEngine(Engine):
         for metrics in self._replica_metrics:
             for metric in metrics:
                 metric.reset_state()
+        self._round_client_metrics = {}
         if not clients:
             return self._empty_round(state, round_num)
         round_inputs = {
@@ -339,10 +391,13 @@ class NativeEngine(Engine):
         real[: packed.real_clients] = 1.0
         cids = [c.cid for c in chunk]
         client_states = self._read_client_states(cids, slots)
+        own_state = self._read_rows(self._own_table, cids, slots)
+        personal = self._read_rows(self._personal_model_table, cids, slots)
         metrics = self._replica_metrics[replica]
         drops = not self._algorithm.counts_non_finite_clients
         snapshot = [[v.numpy() for v in m.variables] for m in metrics] if drops else None
-        out = self._call_work(packed, real, state, round_inputs, client_states, replica)
+        out = self._call_work(packed, real, state, round_inputs, client_states, replica,
+                              own_state, personal)
         finite = combine.finite_clients(out["update"])
         bad = real * (1.0 - finite.numpy().astype(np.float32))
         if bad.any() and drops:
@@ -353,25 +408,42 @@ class NativeEngine(Engine):
                 for v, value in zip(metric.variables, values):
                     v.assign(value)
             out = self._call_work(packed, real - bad, state, round_inputs, client_states,
-                                  replica)
+                                  replica, own_state, personal)
         keep = packed.real_clients
         out = tf.nest.map_structure(lambda t: t[:keep], out)
         out["finite"] = finite[:keep]
+        self._round_client_metrics.update(client_values(
+            self._client_metric_names, out["loss_sum"].numpy(), out["examples"].numpy(),
+            out.pop("metric_totals").numpy(), out.pop("metric_counts").numpy(), cids,
+            finite[:keep].numpy()))
         if self._client_table is not None:
             # A client whose update was not finite keeps its state.
             ok = finite[:keep].numpy()
             kept = [cid for cid, good in zip(cids, ok) if good]
             if kept:
                 self._client_table.write(kept, [t.numpy()[ok] for t in out["client_state"]])
+        ok = finite[:keep].numpy()
+        kept = [cid for cid, good in zip(cids, ok) if good]
+        personal_out = out.pop("personal")
+        if self._own_table is not None and kept:
+            self._own_table.write(kept, [out["state"][i].numpy()[ok]
+                                         for i in self._personal_state])
+        if self._personal_model_table is not None and kept:
+            self._personal_model_table.write(kept, [t.numpy()[ok] for t in personal_out])
         return out
 
     def _read_client_states(self, cids: Sequence[str], slots: int) -> list[tf.Tensor]:
         """The chunk's clients' own states, [slots, ...] per tensor (padding: the template)."""
-        if self._client_table is None:
+        return self._read_rows(self._client_table, cids, slots)
+
+    @staticmethod
+    def _read_rows(table, cids: Sequence[str], slots: int) -> list[tf.Tensor]:
+        """``table``'s rows of ``cids``, [slots, ...] per tensor (padding: the template)."""
+        if table is None:
             return []
-        values = self._client_table.read(list(cids))
+        values = table.read(list(cids))
         out = []
-        for value, template in zip(values, self._client_table.template):
+        for value, template in zip(values, table.template):
             rows = np.empty((slots, *template.shape), template.dtype)
             rows[: len(cids)] = value
             rows[len(cids):] = template
@@ -379,13 +451,13 @@ class NativeEngine(Engine):
         return out
 
     def _call_work(self, packed, metric_mask, state, round_inputs, client_states,
-                   replica: int = 0) -> dict:
+                   replica: int = 0, own_state=(), personal=()) -> dict:
         args = (
             to_tensors(packed.x), to_tensors(packed.y),
             None if packed.w is None else tf.constant(packed.w), tf.constant(packed.batches),
             tf.constant(packed.counts), tf.constant(metric_mask),
             state["trainable"], state["non_trainable"], round_inputs["server"], client_states,
-            round_inputs["learning_rate"],
+            round_inputs["learning_rate"], list(own_state), list(personal),
         )
         while True:
             try:
@@ -473,32 +545,93 @@ class NativeEngine(Engine):
             new["trainable"], new["optimizer"] = self._algorithm.server_update(context)
             if float(sums["good"]) > 0:
                 new["non_trainable"] = [
-                    s / tf.cast(sums["good"], s.dtype) if s.dtype.is_floating and i is not None
+                    g if j in self._personal_state  # kept by each client, never averaged
+                    else s / tf.cast(sums["good"], s.dtype) if s.dtype.is_floating and i is not None
                     else s if s.dtype.is_integer and i is None else g
-                    for s, g, i in zip(sums["state"], state["non_trainable"],
-                                       self._non_trainable_pos)
+                    for j, (s, g, i) in enumerate(zip(sums["state"], state["non_trainable"],
+                                                      self._non_trainable_pos))
                 ]
         new["algorithm"] = self._algorithm.server_state_update(context)
         num_examples = int(round(float(sums["examples"])))
         metrics = {"loss": float(sums["loss"]) / num_examples if num_examples else float("nan")}
         metrics.update((m.name, float(m.result())) for m in self._metrics)
         participants = [cid for cid, ok in zip(cids, finite) if ok]
+        # Under several workers each process saw only its own clients' values.
+        own = (None if self._replicas.workers > 1 else
+               {str(cid): self._round_client_metrics[str(cid)] for cid in participants})
         return new, RoundResult(metrics=metrics, num_examples=num_examples,
                                 update_non_finite=non_finite, aggregation=logs, skipped=skipped,
-                                participants=participants)
+                                participants=participants, client_metrics=own)
 
     def _population(self) -> int:
         """Clients in the federation (SCAFFOLD's N)."""
         return int(self._setup.num_clients or self._setup.expected_clients)
 
     # -- evaluation ---------------------------------------------------------------
-    def evaluate(self, state: dict, clients: Sequence[ClientRound]) -> dict[str, float]:
+    def evaluate(self, state: dict, clients: Sequence[ClientRound]) -> Evaluation:
         return self._evaluation(self.get_weights(state), clients)
+
+    @property
+    def keeps_personal_weights(self) -> bool:
+        """Whether clients keep weights of their own (personal layers, personal models)."""
+        return bool(self._personal_state or self._personal_model_table is not None
+                    or self._setup.personal is not None)
+
+    def evaluate_personal(self, state: dict, clients: Sequence[ClientRound]
+                          ) -> dict[str, dict[str, float]]:
+        """Each client at its own weights and at the global ones, on all its examples.
+
+        For personal layers (``PersonalLayers``) a client's own weights are the
+        global ones with its personal values; for personal models (Ditto) its
+        model. A client that never trained has the initial values. Returns
+        ``{cid: {"personalized_<m>": ..., "baseline_<m>": ...}}``.
+        """
+        from kerasfed.federated.engines.native.finetune import ClientsEvaluation  # noqa: PLC0415
+
+        if getattr(self, "_clients_evaluation", None) is None:
+            self._clients_evaluation = ClientsEvaluation(
+                self._works[0].forward, loss=self._loss,
+                flatten=self._layout.flatten if self._layout is not None else None,
+                metrics=[make() for make in self._setup.parts.metrics],
+                batch_size=self._batch_size, lockstep=self.form.startswith("lockstep"))
+        evaluation = self._clients_evaluation
+        out: dict[str, dict[str, float]] = {}
+        size = max(1, self.max_parallel_clients(clients))
+        for start in range(0, len(clients), size):
+            chunk = list(clients[start:start + size])
+            cids = [str(c.cid) for c in chunk]
+            data = [(c.x, c.y, c.w) for c in chunk]
+            tile = lambda t: tf.repeat(t[None], len(chunk), axis=0)  # noqa: E731
+            trainable = [tile(t) for t in state["trainable"]]
+            non_trainable = [tile(t) for t in state["non_trainable"]]
+            baseline = evaluation(trainable, non_trainable, data)
+            if self._personal_model_table is not None:
+                trainable = [tf.constant(r) for r in self._personal_model_table.read(cids)]
+            if self._setup.personal is not None and self._client_table is not None:
+                rows = self._client_table.read(cids)
+                own = rows[len(rows) - len(self._setup.personal.trainable):]
+                for j, r in zip(self._setup.personal.trainable, own):
+                    trainable[j] = tf.constant(r)
+            if self._own_table is not None:
+                for j, r in zip(self._personal_state, self._own_table.read(cids)):
+                    non_trainable[j] = tf.constant(r)
+            personal = evaluation(trainable, non_trainable, data)
+            for cid, mine, base in zip(cids, personal, baseline):
+                out[cid] = {**{f"personalized_{k}": v for k, v in mine.items()},
+                            **{f"baseline_{k}": v for k, v in base.items()}}
+        return out
 
     # -- bytes ----------------------------------------------------------------------
     def _payload_bytes(self) -> tuple[int, int]:
+        personal = self._setup.personal
+        shared = [v for j, v in enumerate(self._trainable)
+                  if personal is None or j not in personal.trainable]
+        own = {id(self._trainable[j]) for j in (personal.trainable if personal else ())}
+        own |= {id(self._non_trainable[j]) for j in self._personal_state}
         return payload_bytes(
-            model_weights=fwd.variables(self._model.weights), trainable=self._trainable,
+            # Personal weights are neither sent nor received.
+            model_weights=[v for v in fwd.variables(self._model.weights) if id(v) not in own],
+            trainable=shared,
             chain=self._chain, expected_clients=self._setup.expected_clients,
             client_rule=self._client_rule, broadcast=self._probe.broadcast,
             extras=self._probe.extras, metrics=self._metrics)

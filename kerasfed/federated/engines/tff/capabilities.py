@@ -39,6 +39,7 @@ def why_not(
     aggregator: Any,
     algorithm: Any,
     attack: Any,
+    personalization: Any = None,
 ) -> KerasfedError | None:
     """The error saying why the TFF engine cannot run this training, or None.
 
@@ -49,6 +50,7 @@ def why_not(
       aggregator: The aggregation ``Chain``.
       algorithm: The ``Algorithm``.
       attack: The ``Attack``, or None.
+      personalization: ``fit_federated``'s ``personalization`` (native only), or None.
 
     Returns:
       A ``ModelError``, ``AlgorithmError`` or ``FederatedArgumentError`` naming
@@ -62,6 +64,10 @@ def why_not(
             if evaluation_clients is not None else None)
         or _validation_problem(validation_data)
         or aggregation_problem(aggregator, algorithm=algorithm, attack=attack)
+        or (FederatedArgumentError(
+            f"{_CALLER}: personalization=FineTune(...) fine-tunes every evaluation client's "
+            f"copy of the model, which the TFF engine cannot do. Use engine='native'.")
+            if personalization is not None else None)
     )
 
 
@@ -109,6 +115,10 @@ def aggregation_problem(chain: Any, *, algorithm: Any, attack: Any) -> KerasfedE
 def _algorithm_problem(algorithm: Any) -> AlgorithmError | None:
     if type(algorithm) in TFF_ALGORITHMS:
         return None
+    if type(algorithm).__name__ == "PersonalLayers":
+        return AlgorithmError(
+            f"{_CALLER}: personal_layers keeps weights on each client, between rounds, which "
+            f"TFF's training process has no place for. Use engine='native' (or engine='auto').")
     return AlgorithmError(
         f"{_CALLER}: the TFF engine runs the built-in algorithms "
         f"({', '.join(a.__name__ for a in TFF_ALGORITHMS)}); algorithm={algorithm!r} runs on "

@@ -28,6 +28,7 @@ from kerasfed.federated.engines.base import (
     ClientRound,
     Engine,
     EngineSetup,
+    Evaluation,
     NeutralState,
     RoundResult,
     check_neutral,
@@ -178,18 +179,27 @@ class TffEngine(Engine):
             aggregation=_aggregation_logs(output.metrics.get("aggregator"), len(clients)),
         )
 
-    def evaluate(self, state: Any, clients: Sequence[ClientRound]) -> dict[str, float]:
-        datasets = self._datasets(clients)
+    def evaluate(self, state: Any, clients: Sequence[ClientRound]) -> Evaluation:
+        """The pooled values from one call over all ``clients`` (TFF's federated
+        evaluation), and each client's from one call with that client alone: TFF
+        sums the clients of a call, so a client's own values need its own call
+        (about one TFF call's cost per client)."""
         if self._eval_process is None:
             raise RuntimeError("this engine was built without federated_evaluation=True")
         eval_state = self._eval_process.set_model_weights(
             self._eval_state, self._process.get_model_weights(state)
         )
-        output = self._eval_process.next(eval_state, datasets)
-        metrics = dict(output.metrics["client_work"]["eval"]["current_round_metrics"])
-        metrics.pop("num_examples", None)
-        metrics.pop("num_batches", None)
-        return _loss_first(metrics)
+
+        def run(datasets):
+            output = self._eval_process.next(eval_state, datasets)
+            metrics = dict(output.metrics["client_work"]["eval"]["current_round_metrics"])
+            metrics.pop("num_examples", None)
+            metrics.pop("num_batches", None)
+            return _loss_first(metrics)
+
+        pooled = run(self._datasets(clients))
+        per_client = {str(c.cid): run(self._datasets([c])) for c in clients if len(c.order[0])}
+        return Evaluation(pooled=pooled, per_client=per_client)
 
 
 def _aggregation_logs(measurements: Any, clients: int) -> dict[str, float]:

@@ -116,6 +116,28 @@ def test_two_outputs_each_client_equals_keras_fit(form, monkeypatch):
             assert got[name] == pytest.approx(value, abs=1e-5), (cid, name)
 
 
+def test_binary_labels_given_as_integers(monkeypatch):
+    rng = np.random.default_rng(4)
+    clients = {f"c{i}": (rng.normal(size=(n, 4)).astype("float32"),
+                         rng.integers(0, 2, n).astype("int32")) for i, n in enumerate(SIZES)}
+
+    def make():
+        keras.utils.set_random_seed(1)
+        model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(1, activation="sigmoid")])
+        model.compile(optimizer=keras.optimizers.SGD(0.1), loss="binary_crossentropy",
+                      metrics=["accuracy"])
+        return model
+
+    results = _round_results(monkeypatch, "lockstep")
+    start = make().get_weights()
+    kerasfed.fit_federated(make(), clients, rounds=1, batch_size=4, shuffle=False,
+                           engine="native", seed=0, verbose=0)
+    for cid, data in clients.items():
+        expected = _keras_epoch(make, start, data, 4)
+        for name, value in expected.items():
+            assert results[0].client_metrics[cid][name] == pytest.approx(value, abs=1e-5)
+
+
 def test_metric_objects_that_are_no_means_are_pooled_only_and_dropped_clients_have_none(
         monkeypatch):
     keras.utils.set_random_seed(1)

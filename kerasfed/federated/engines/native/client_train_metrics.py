@@ -60,6 +60,9 @@ def _values_and_weight(metric: Any, y, pred, weight, sample_weight):
         inner = metric.metric
     else:
         y, inner = match_rank(y, pred), metric
+    # As the wrapper's update_state does (Keras 2 casts both: int labels against
+    # float predictions would not compare).
+    y, pred = tf.cast(y, inner.dtype), tf.cast(pred, inner.dtype)
     values = inner._fn(y, pred, **inner._fn_kwargs)  # noqa: SLF001  (the wrapper's function)
     return per_example(tf.cast(values, tf.float32)), weight
 

@@ -32,7 +32,7 @@ test part and ``global`` is the global model on the same part.
   python3 dev.py bench --env latest personalization --data-dir ../shared/data --quick
 
 FedBN's model uses BatchNormalization momentum 0.9 (``--bn-momentum``; PyTorch's
-0.1, as in the FedBN paper): with Keras's default 0.99 the moving statistics,
+default 0.1 in Keras's convention): with Keras's default 0.99 the moving statistics,
 which FedBN never averages, move 1% per local step, so after a client's few
 dozen steps they are still mostly the initial ones and the personal model tests
 badly (FEMNIST: 0.40 against FedAvg's 0.71 in a run at 0.99).
@@ -243,7 +243,7 @@ def main() -> None:
                         help="Ditto's lam, one run each (comma-separated)")
     parser.add_argument("--bn-momentum", type=float, default=0.9,
                         help="BatchNormalization momentum of the FedBN model (0.9: PyTorch's "
-                             "0.1, as in the FedBN paper; Keras's default 0.99 moves each "
+                             "default 0.1; Keras's default 0.99 moves each "
                              "client's statistics only 1%% per local step)")
     parser.add_argument("--finetune-epochs", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)

@@ -172,12 +172,16 @@ class ClientWork:
             full_args = [] if full is None else full
 
             def start_one(args):
-                cs, k, n, *full_c = args
-                return list(alg.client_start(context(cs, k, n, full_c or None)))
+                # The broadcast weights come in per client (params0): an output that
+                # does not vary over clients becomes a placeholder XLA cannot compile.
+                p0, cs, k, n, *full_c = args
+                ctx = dataclasses.replace(context(cs, k, n, full_c or None),
+                                          broadcast_weights=list(p0))
+                return list(alg.client_start(ctx))
 
             if type(alg).client_start is not Algorithm.client_start:  # else: params0
                 p = tf.vectorized_map(
-                    start_one, (client_states, local_steps, examples, *full_args),
+                    start_one, (params0, client_states, local_steps, examples, *full_args),
                     fallback_to_while_loop=False)
 
             def train_one(args):

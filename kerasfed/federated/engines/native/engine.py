@@ -583,8 +583,9 @@ class NativeEngine(Engine):
 
         For personal layers (``PersonalLayers``) a client's own weights are the
         global ones with its personal values; for personal models (Ditto) its
-        model. A client that never trained has the initial values. Returns
-        ``{cid: {"personalized_<m>": ..., "baseline_<m>": ...}}``.
+        model. Clients that never took part have no weights of their own yet (only
+        the initial ones) and are left out. Returns ``{cid: {"personalized_<m>":
+        ..., "baseline_<m>": ...}}``.
         """
         from kerasfed.federated.engines.native.finetune import ClientsEvaluation  # noqa: PLC0415
 
@@ -595,6 +596,9 @@ class NativeEngine(Engine):
                 metrics=[make() for make in self._setup.parts.metrics],
                 batch_size=self._batch_size, lockstep=self.form.startswith("lockstep"))
         evaluation = self._clients_evaluation
+        tables = [t for t in (self._personal_model_table, self._client_table, self._own_table)
+                  if t is not None]
+        clients = [c for c in clients if any(str(c.cid) in t for t in tables)]
         out: dict[str, dict[str, float]] = {}
         size = max(1, self.max_parallel_clients(clients))
         for start in range(0, len(clients), size):

@@ -103,13 +103,15 @@ class LineReader:
 
 
 def start_launcher(*args: str) -> tuple[subprocess.Popen, LineReader, LineReader]:
-    # A test run under `nohup` ignores SIGHUP, and the launcher would inherit that
-    # (an ignored SIGHUP stays ignored, by design): start it with the default.
-    previous = signal.signal(signal.SIGHUP, signal.SIG_DFL)
-    try:
-        proc = subprocess.Popen([*LAUNCH, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    finally:
-        signal.signal(signal.SIGHUP, previous)
+    # A test run under `nohup` ignores SIGHUP, and one started in the background by
+    # a shell without job control ignores SIGINT; the launcher would inherit that (an
+    # ignored signal stays ignored, by design): start it with the defaults.
+    def defaults():
+        for signum in (signal.SIGHUP, signal.SIGINT):
+            signal.signal(signum, signal.SIG_DFL)
+
+    proc = subprocess.Popen([*LAUNCH, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            preexec_fn=defaults)
     return proc, LineReader(proc.stdout), LineReader(proc.stderr)
 
 

@@ -17,7 +17,12 @@ from kerasfed.federated import aggregators as agg
 from kerasfed.federated.aggregators import accounting
 from kerasfed.federated.aggregators.bulyan import bulyan_selection
 from kerasfed.federated.aggregators.krum import krum_scores
-from kerasfed.federated.aggregators.secure_sum import mask_pairs, masked_vectors
+from kerasfed.federated.aggregators.secure_sum import (
+    dropout_masks,
+    field_bits,
+    mask_pairs,
+    masked_vectors,
+)
 from kerasfed.federated.attack import Attack, flip_labels
 from kerasfed.federated.client_state import ClientStateStore
 
@@ -276,13 +281,48 @@ def test_secure_sum_masks_cancel_and_equal_quantize_then_mean():
     secure = agg.SecureSum(bits=10, clip_range=1.0)
     levels, _, _ = secure.quantizer.levels(u.astype(np.float64), ctx.rng("quantize"))
     modulus = 2**14
-    masked = masked_vectors(levels, ctx.cids, ctx, modulus)
+    masked = masked_vectors(levels, ctx, modulus)
     assert (masked != levels.astype(np.int64)).mean() > 0.99  # the server sees masks ...
     np.testing.assert_array_equal(masked.sum(0) % modulus, levels.sum(0).astype(np.int64))
     assert len(mask_pairs(n)) < n * (n - 1) // 2  # SecAgg+'s sparse pairing
     out = _combine(secure, u, seed=4, round_num=2)
     quantized, _, _ = agg.Quantize(bits=10, clip_range=1.0).apply(u, ctx, {})
     np.testing.assert_allclose(out, quantized.mean(0), atol=1e-6)
+
+
+def test_secure_sum_with_dropouts_unmasks_to_the_survivors_exact_mean():
+    # 12 sampled clients, 3 dropped out after the masks were agreed.
+    sampled = [f"c{i}" for i in range(12)]
+    dropped = ("c3", "c7", "c8")
+    survivors = [c for c in sampled if c not in dropped]
+    u = _updates(len(survivors), d=40) * 0.3
+    ctx = agg.RoundContext(cids=survivors, weights=np.ones(len(survivors)), expected_clients=12,
+                           seed=4, round_num=2, dropped=dropped)
+    secure = agg.SecureSum(bits=10, clip_range=1.0)
+    levels, _, _ = secure.quantizer.levels(u.astype(np.float64), ctx.rng("quantize"))
+    levels = levels.astype(np.int64)
+    # The field is sized for the 12 sampled clients, as update_bytes counts it.
+    modulus = 2 ** field_bits(10, 12)
+    assert modulus == 2**14 and secure.update_bytes(40, clients=12) == 14 * 40 // 8
+    masked = masked_vectors(levels, ctx, modulus)
+    assert (masked != levels).mean() > 0.99
+    # The survivors' masks with the dropped clients are still in their sum ...
+    assert (masked.sum(0) % modulus != levels.sum(0)).mean() > 0.99
+    # ... until the server removes them (SecAgg's unmasking): the exact integer sum.
+    unmasked = (masked.sum(0) - dropout_masks(ctx, modulus, 40)) % modulus
+    np.testing.assert_array_equal(unmasked, levels.sum(0))
+    out, _, _ = secure.combine(u, ctx, {})
+    quantized, _, _ = agg.Quantize(bits=10, clip_range=1.0).apply(u, ctx, {})
+    np.testing.assert_allclose(out, quantized.mean(0), atol=1e-6)
+    # The same as a round of the survivors alone, bit for bit (the sums are exact).
+    alone = dataclasses.replace(ctx, dropped=())
+    np.testing.assert_array_equal(out, secure.combine(u, alone, {})[0])
+    # The pairs do not depend on who drops out: with c3 reporting, c0 sends the same.
+    everyone = dataclasses.replace(ctx, cids=sampled, dropped=())
+    all_levels = np.zeros((12, 40), np.int64)
+    all_levels[[sampled.index(c) for c in survivors]] = levels
+    np.testing.assert_array_equal(masked_vectors(all_levels, everyone, modulus)[0], masked[0])
+    assert not dropout_masks(everyone, modulus, 40).any()
 
 
 # -- chain checks -----------------------------------------------------------------------------

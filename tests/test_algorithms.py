@@ -272,7 +272,7 @@ def test_fedadam_server_steps_match_numpy(processes, runtime):
 
 def test_registry_names_and_values():
     assert ALGORITHM_NAMES == ("fedavg", "fedavg_unweighted", "fedsgd", "fedprox", "mime",
-                               "scaffold", "ditto")
+                               "scaffold", "ditto", "fednova")
     ditto = get_algorithm("ditto")
     assert type(ditto).__name__ == "Ditto" and ditto.lam == 0.1
     assert get_algorithm("scaffold") == Scaffold(weighted=False)
@@ -289,7 +289,7 @@ def test_registry_names_and_values():
 
 def test_unknown_algorithm_lists_the_valid_names():
     names = (r"\['fedavg', 'fedavg_unweighted', 'fedsgd', 'fedprox', 'mime', 'scaffold', "
-             r"'ditto'\]")
+             r"'ditto', 'fednova'\]")
     with pytest.raises(AlgorithmError, match=rf"algorithm='feddyn'.*{names}"):
         get_algorithm("feddyn")
 
@@ -297,7 +297,7 @@ def test_unknown_algorithm_lists_the_valid_names():
 @pytest.mark.parametrize("spec", [None, 1, FedAvg])
 def test_wrong_algorithm_type_names_the_accepted_types(spec):
     accepted = (r"name in \[.*or an Algorithm \(FedAvg, FedProx, FedSGD, MimeLite, Scaffold, "
-                r"Ditto, or a subclass of kerasfed.Algorithm\)")
+                r"Ditto, FedNova, FedBuff, or a subclass of kerasfed.Algorithm\)")
     with pytest.raises(AlgorithmTypeError, match=accepted):
         get_algorithm(spec)
 

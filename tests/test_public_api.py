@@ -19,7 +19,7 @@ PUBLIC = {
     "StrategyInitError", "DataError", "DataTypeError", "FitArgumentError", "DeviceConfigError",
     "fit_federated", "partition", "PartitionError", "ClientData", "as_client_data",
     "ClientDataError", "ClientDataTypeError", "FedAvg", "FedProx", "FedSGD", "MimeLite",
-    "Scaffold", "Ditto", "Algorithm", "ClientContext", "ClientOutput", "ServerContext",
+    "Scaffold", "Ditto", "FedNova", "FedBuff", "Devices", "LogNormal", "Algorithm", "ClientContext", "ClientOutput", "ServerContext",
     "ServerSGD", "ServerAdam", "ServerYogi", "ServerAdagrad", "FederatedUnavailableError",
     "ModelError", "ModelTypeError",
     "ENGINE_NAMES", "EngineError", "EngineTypeError", "FederatedArgumentError",

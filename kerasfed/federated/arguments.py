@@ -30,6 +30,7 @@ from kerasfed.federated import checkpoint as ckpt
 from kerasfed.federated import aggregators as agg
 from kerasfed.federated.aggregators import accounting
 from kerasfed.federated.algorithms import get_algorithm
+from kerasfed.federated.asynchronous import check_asynchronous
 from kerasfed.federated.algorithms.personal import PersonalLayers
 from kerasfed.federated.attack import Attack
 from kerasfed.federated.client_optimizers import client_optimizer_from_keras
@@ -38,6 +39,8 @@ from kerasfed.federated.learning_rates import RoundSchedule, round_schedule
 from kerasfed.federated.clients import ClientData, ClientDataError, as_client_data
 from kerasfed.federated.clients.structure import to_tensors
 from kerasfed.federated.compiled_parts import CompiledParts
+from kerasfed.federated.devices import Devices, check_devices
+from kerasfed.federated.local_work import LocalWork, check_local_work
 from kerasfed.federated.engines import EngineSetup, resolve_engine
 from kerasfed.federated.engines.tff import capabilities as tff_capabilities
 from kerasfed.federated.model_outputs import OutputLayout
@@ -96,6 +99,10 @@ class Plan:
     checkpoint: ckpt.Checkpoint | None = None
     # ``personalization=``, checked (``personalization.CheckedFineTune``), or None.
     personalization: Any = None
+    # Each client's local epochs and the step cap (``local_work.LocalWork``).
+    local_work: LocalWork | None = None
+    # ``devices=``: simulated dropout, speeds and deadlines, or None.
+    devices: Devices | None = None
 
     model = _of_setup("model")
     recipe = _of_setup("recipe")
@@ -117,6 +124,13 @@ class Plan:
     layout = _of_setup("layout")
 
     @property
+    def sampled_per_round(self) -> int | None:
+        """Clients sampled per round: ``clients_per_round``, more with over-selection."""
+        if self.devices is None or self.clients_per_round is None:
+            return self.clients_per_round
+        return self.devices.sampled(self.clients_per_round, len(self.clients))
+
+    @property
     def chief(self) -> bool:
         """Whether this process writes files (always, without a multi-worker strategy)."""
         return self.replicas is None or self.replicas.chief
@@ -131,7 +145,10 @@ def check_arguments(model: Any, clients: Any, **args: Any) -> Plan:
     # First: a multi-worker strategy is best created before the model function runs.
     replicas = resolve_replicas(args["strategy"], engine)
     rounds = _check_int("rounds", args["rounds"], 1)
-    local_epochs = _check_int("local_epochs", args["local_epochs"], 1)
+    local_epochs = args["local_epochs"]  # an int, or a function of the client id
+    if not callable(local_epochs):
+        local_epochs = _check_int("local_epochs", local_epochs, 1)
+    devices = check_devices(args.get("devices"))
     batch_size = _check_int("batch_size", args["batch_size"], 1)
     validation_batch_size = args["validation_batch_size"]
     if validation_batch_size is not None:
@@ -194,6 +211,16 @@ def check_arguments(model: Any, clients: Any, **args: Any) -> Plan:
         cpr = _check_int("clients_per_round", cpr, 1, len(client_data))
     _check_features(model, client_data, "clients")
     sampling = _check_client_sampling(args["client_sampling"])
+    local_work = check_local_work(local_epochs, args.get("local_steps"), client_data.client_ids,
+                                  trains_locally=algorithm.trains_locally)
+    local_epochs = local_work.max_epochs
+    if devices is not None:
+        _check_devices(devices, client_data, cpr=cpr, sampling=sampling)
+    if getattr(algorithm, "asynchronous", False):
+        check_asynchronous(algorithm, replicas=replicas, chain=chain, devices=devices,
+                           clients_per_round=cpr, sampling=sampling,
+                           num_clients=len(client_data), attack=args["attack"],
+                           personal=personal)
     expected = cpr if cpr is not None else len(client_data)
     attack = _check_attack(args["attack"], num_classes)
     if attack is not None and attack.kind == "label_flip" and not layout.single:
@@ -226,7 +253,7 @@ def check_arguments(model: Any, clients: Any, **args: Any) -> Plan:
     if engine == "tff":
         _warn_ignored_compile_settings(recipe)
     _warn_settings_without_effect(
-        algorithm, local_epochs, evaluate_every,
+        algorithm, 1 if local_work.varies else local_epochs, evaluate_every,
         has_evaluation=validation is not None or eval_clients is not None,
         client_learning_rate=client_learning_rate,
     )
@@ -251,6 +278,9 @@ def check_arguments(model: Any, clients: Any, **args: Any) -> Plan:
     )
     fingerprint.update(_rates_fingerprint(server_optimizer, server_learning_rate,
                                           client_learning_rate))
+    fingerprint.update(local_work.fingerprint())
+    if devices is not None:
+        fingerprint["devices"] = ", ".join(f"{k}={v}" for k, v in devices.describe().items())
 
     if args.get("personalization") is not None and (
             personal is not None or algorithm.trains_personal_model):
@@ -269,7 +299,7 @@ def check_arguments(model: Any, clients: Any, **args: Any) -> Plan:
         largest_client=max(client_data.num_examples(c) for c in client_data.client_ids),
         num_clients=len(client_data.client_ids), local_epochs=local_epochs, aggregator=chain,
         attack=attack, seed=seed, expected_clients=expected, replicas=replicas, layout=layout,
-        personal=personal,
+        personal=personal, local_steps=local_work.steps,
     )
     return Plan(
         engine=engine, setup=setup, clients=client_data, eval_clients=eval_clients,
@@ -281,6 +311,7 @@ def check_arguments(model: Any, clients: Any, **args: Any) -> Plan:
         personalization=check_personalization(
             args.get("personalization"), recipe=recipe, evaluation_clients=eval_clients,
             batch_size=batch_size, engine=engine),
+        local_work=local_work, devices=devices,
     )
 
 
@@ -343,6 +374,20 @@ def _check_attack(attack: Any, num_classes: int | None) -> Attack | None:
             f"sparse_categorical_crossentropy), or choose another kind."
         )
     return attack
+
+
+def _check_devices(devices: Devices, clients: ClientData, *, cpr: int | None,
+                   sampling: str) -> None:
+    """Over-selection needs a number of clients to keep; every client needs a
+    speed and a bandwidth (a dict or function is asked for each one now)."""
+    if devices.over_selection > 0 and (cpr is None or sampling != "uniform"):
+        why = ("clients_per_round=None takes every client" if cpr is None
+               else "client_sampling='poisson' has no fixed number of clients")
+        raise FederatedArgumentError(
+            f"{_CALLER}: Devices(over_selection={devices.over_selection}) samples more "
+            f"clients than `clients_per_round` and keeps that many, and {why}. Pass "
+            f"clients_per_round=<n> with client_sampling='uniform', or drop over_selection.")
+    devices.check_clients(clients.client_ids)
 
 
 def _check_aggregation(chain: Any, *, sampling: str, expected: int) -> None:

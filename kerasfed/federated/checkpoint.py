@@ -87,6 +87,9 @@ class Checkpoint:
       state: The server state (``NeutralState``): weights, optimizer, algorithm.
       client_states: The per-client state saved with it, or None (set by
         ``load_checkpoint``; ``save_checkpoint`` takes the store itself).
+      pending: An asynchronous run's clock and clients in flight
+        (``asynchronous.AsyncState.to_saved()``: a JSON part and named arrays),
+        or None.
     """
 
     rounds_completed: int
@@ -95,6 +98,7 @@ class Checkpoint:
     round_logs: list[dict[str, Any]]
     state: NeutralState
     client_states: SavedClientStates | None = None
+    pending: tuple[dict, dict[str, np.ndarray]] | None = None
 
 
 def checkpoint_path(directory: str | os.PathLike) -> str:
@@ -136,6 +140,9 @@ def save_checkpoint(directory: str | os.PathLike, checkpoint: Checkpoint,
                                  "files": journal.files}
         for name, template in journal.templates.items():
             arrays.update({f"client_states/{name}/{i:05d}": t for i, t in enumerate(template)})
+    if checkpoint.pending is not None:
+        meta["pending"], pending_arrays = checkpoint.pending
+        arrays.update({f"pending/{k}": np.asarray(v) for k, v in pending_arrays.items()})
     arrays[_META] = np.array(json.dumps(meta))
     fd, tmp = tempfile.mkstemp(prefix=".kerasfed-", suffix=".tmp", dir=directory)
     try:
@@ -294,13 +301,17 @@ def load_checkpoint(directory: str | os.PathLike) -> Checkpoint | None:
                     templates={name: [data[f"client_states/{name}/{i:05d}"] for i in range(n)]
                                for name, n in saved["tables"].items()},
                     files=[(str(t), str(f), int(r)) for t, f, r in saved["files"]])
+            pending = None
+            if "pending" in meta:
+                pending = (meta["pending"], {k[len("pending/"):]: data[k] for k in data.files
+                                             if k.startswith("pending/")})
         return Checkpoint(
             rounds_completed=int(meta["rounds_completed"]),
             seed=int(meta["seed"]),
             fingerprint={str(k): str(v) for k, v in meta["fingerprint"].items()},
             round_logs=[dict(logs) for logs in meta["round_logs"]],
             state=NeutralState(weights=weights, **groups),
-            client_states=client_states,
+            client_states=client_states, pending=pending,
         )
     except Exception as e:  # zip, json and key errors all mean "not readable"
         raise CheckpointError(

@@ -10,6 +10,7 @@ hold the engine-neutral state, so a run may resume on the other engine.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import os
 import secrets
@@ -35,7 +36,9 @@ from kerasfed.federated.aggregators import accounting
 from kerasfed.federated import personalization
 from kerasfed.federated.attack import flip_labels
 from kerasfed.federated.client_metrics import spread
+from kerasfed.federated.asynchronous import AsyncState, BufferedRounds
 from kerasfed.federated.client_state import ClientStateStore
+from kerasfed.federated.devices import device_logs, schedule_round
 from kerasfed.federated.clients import ClientData, client_shuffle_seed, epoch_orders, sample_clients
 from kerasfed.federated.clients.structure import has_strings, num_rows, to_tensors
 from kerasfed.federated.engines import ClientRound, make_engine
@@ -54,7 +57,8 @@ def fit_federated(
     *,
     rounds: int,
     clients_per_round: int | None = None,
-    local_epochs: int = 1,
+    local_epochs: Any = 1,
+    local_steps: int | None = None,
     batch_size: int = 32,
     shuffle: bool = True,
     algorithm: Any = "fedavg",
@@ -73,6 +77,7 @@ def fit_federated(
     max_parallel_clients: int | None = None,
     aggregator: Any = "mean",
     client_sampling: str = "uniform",
+    devices: Any = None,
     attack: Any = None,
     strategy: Any = None,
     personalization: Any = None,
@@ -108,7 +113,13 @@ def fit_federated(
     clipped to), ``clipped_fraction``, ``zeroed_fraction``, ``noise_std`` (of the
     aggregate); with ``DPMean``: ``epsilon`` (after this round, from
     dp-accounting) and ``dp_delta``; with ``attack``: ``attackers`` (malicious
-    clients in the round); with Poisson sampling: ``clients`` (in the round).
+    clients in the round); with Poisson sampling: ``clients`` (in the round);
+    with ``devices``: ``dropped`` (sampled clients that dropped out),
+    ``stragglers`` (clients whose update came after the deadline, or after
+    ``clients_per_round`` others with over-selection), with
+    ``stragglers="partial"`` ``partial_clients`` (clients that sent the steps they
+    finished), and with a ``speed``: ``simulated_seconds`` (the round's time on
+    the simulated clock) and ``simulated_seconds_total`` (since round 1).
     As with Keras' ``validation_freq``, rounds without evaluation have no
     ``val_``/``fed_eval_`` entries, so those lists are shorter than ``loss``.
 
@@ -145,7 +156,10 @@ def fit_federated(
       rounds: Number of rounds, >= 1 (the total, counting resumed rounds).
       clients_per_round: Clients sampled per round, in [1, number of clients];
         None (default) takes all clients every round.
-      local_epochs: Passes of each client over its data per round (default 1).
+      local_epochs: Passes of each client over its data per round (default 1),
+        or a function of the client id returning its own number (unequal work).
+      local_steps: The most local steps (batches) a client takes per round
+        (default None: all of its ``local_epochs``' batches).
       batch_size: Client batch size (default 32); also ``validation_data``'s unless
         ``validation_batch_size`` is given.
       shuffle: Reshuffle each client's examples every local epoch, from
@@ -204,6 +218,10 @@ def fit_federated(
       client_sampling: ``"uniform"`` (default: exactly ``clients_per_round``
         clients, without replacement) or ``"poisson"`` (each client joins with
         probability ``clients_per_round / number of clients``).
+      devices: None (default) or a ``kerasfed.Devices(dropout=..., speed=...,
+        bandwidth=..., deadline=..., stragglers=..., over_selection=...)``:
+        sampled clients that drop out, a simulated clock, a deadline and
+        over-selection (see docs/devices.md). Both engines.
       attack: None (default) or a ``kerasfed.Attack``: a seeded fraction of the
         clients is malicious for the whole run (update attacks: native engine).
       personalization: None (default) or ``kerasfed.FineTune(...)``: on evaluated
@@ -249,14 +267,15 @@ def fit_federated(
     """
     plan = check_arguments(
         model, clients, rounds=rounds, clients_per_round=clients_per_round,
-        local_epochs=local_epochs, batch_size=batch_size, shuffle=shuffle,
-        algorithm=algorithm, server_optimizer=server_optimizer,
+        local_epochs=local_epochs, local_steps=local_steps, batch_size=batch_size,
+        shuffle=shuffle, algorithm=algorithm, server_optimizer=server_optimizer,
         server_learning_rate=server_learning_rate,
         client_learning_rate=client_learning_rate, validation_data=validation_data,
         validation_batch_size=validation_batch_size, evaluate_every=evaluate_every, evaluation_clients=evaluation_clients,
         evaluation_clients_per_round=evaluation_clients_per_round, callbacks=callbacks, checkpoint_dir=checkpoint_dir, seed=seed, engine=engine,
         max_parallel_clients=max_parallel_clients, aggregator=aggregator,
-        client_sampling=client_sampling, attack=attack, strategy=strategy, verbose=verbose,
+        client_sampling=client_sampling, devices=devices, attack=attack, strategy=strategy,
+        verbose=verbose,
         personalization=personalization, personal_layers=personal_layers,
     )
     plan = _resume_point(plan)
@@ -319,6 +338,8 @@ def _train(plan: Plan) -> keras.callbacks.History:
     if plan.replicas is not None:
         history.params["replicas"] = plan.replicas.num_replicas
         history.params["workers"] = plan.replicas.workers
+    if plan.devices is not None:
+        history.params["devices"] = plan.devices.describe()
     if plan.aggregator.dp is not None:
         history.params["dp_delta"] = plan.aggregator.dp.default_delta(len(plan.clients))
     model.stop_training = False
@@ -335,10 +356,21 @@ def _train(plan: Plan) -> keras.callbacks.History:
         callbacks.on_train_begin()
         _restore_history(history, round_logs)
         logs: dict = _numbers(round_logs[-1]) if round_logs else {}
+        clock = float(logs.get("simulated_seconds_total", 0.0))
+        buffered = None
+        if engine is not None and getattr(plan.algorithm, "asynchronous", False):
+            buffered = BufferedRounds(
+                plan, engine, functools.partial(client_round, plan),
+                AsyncState.from_saved(*saved.pending) if saved and saved.pending else None)
         for round_num in range(start, plan.rounds):
             callbacks.on_epoch_begin(round_num)
             with quiet_tensorflow():  # callbacks run outside: their logs stay visible
-                state, logs, per_client = _run_round(plan, engine, state, round_num)
+                if buffered is not None:
+                    state, logs, per_client = _run_buffered_round(plan, engine, buffered,
+                                                                  state, round_num)
+                else:
+                    state, logs, per_client = _run_round(plan, engine, state, round_num, clock)
+            clock = float(logs.get("simulated_seconds_total", clock))
             for key, attribute in _PER_CLIENT.items():
                 getattr(history, attribute).append(per_client[key])
             # Saved with the round's logs, so a resumed run lists every round's.
@@ -348,6 +380,7 @@ def _train(plan: Plan) -> keras.callbacks.History:
                     rounds_completed=round_num + 1, seed=plan.seed,
                     fingerprint=plan.fingerprint, round_logs=round_logs,
                     state=engine.to_neutral(state),
+                    pending=buffered.state.to_saved() if buffered is not None else None,
                 ), client_states=client_states)
             callbacks.on_epoch_end(round_num, logs)
             if model.stop_training:
@@ -389,21 +422,26 @@ def round_clients(plan: Plan, round_num: int) -> list[ClientRound]:
     Depends only on ``(seed, round_num)`` and the client ids, so both engines, and a
     resumed run, see the same clients and batches.
     """
-    cids = sample_clients(plan.clients.client_ids, plan.clients_per_round, round_num, plan.seed,
+    cids = sample_clients(plan.clients.client_ids, plan.sampled_per_round, round_num, plan.seed,
                           poisson=plan.client_sampling == "poisson")
-    rounds = []
-    flip = plan.attack is not None and plan.attack.kind == "label_flip"
-    for cid in cids:
-        x, y, *w = plan.clients[cid]
-        if flip and cid in plan.attackers:
-            num_classes, sparse = plan.label_rule
-            y = flip_labels(y, num_classes=num_classes, sparse=sparse)
-        order = epoch_orders(
-            num_rows(x), epochs=plan.local_epochs, shuffle=plan.shuffle,
-            seed=client_shuffle_seed(plan.seed, round_num, cid) if plan.shuffle else None,
-        )
-        rounds.append(ClientRound(cid=cid, x=x, y=y, order=order, w=w[0] if w else None))
-    return rounds
+    return [client_round(plan, cid, round_num) for cid in cids]
+
+
+def client_round(plan: Plan, cid: str, round_num: int) -> ClientRound:
+    """Client ``cid``'s work in round ``round_num``: its examples (labels flipped
+    for a label-flipping attacker), their order in each local epoch, its step cap."""
+    x, y, *w = plan.clients[cid]
+    if plan.attack is not None and plan.attack.kind == "label_flip" and cid in plan.attackers:
+        num_classes, sparse = plan.label_rule
+        y = flip_labels(y, num_classes=num_classes, sparse=sparse)
+    work = plan.local_work
+    order = epoch_orders(
+        num_rows(x), epochs=work.epochs_of(cid) if work else plan.local_epochs,
+        shuffle=plan.shuffle,
+        seed=client_shuffle_seed(plan.seed, round_num, cid) if plan.shuffle else None,
+    )
+    return ClientRound(cid=cid, x=x, y=y, order=order, w=w[0] if w else None,
+                       max_steps=work.steps if work else None)
 
 
 def _whole_clients(data: ClientData) -> list[ClientRound]:
@@ -414,19 +452,32 @@ def _whole_clients(data: ClientData) -> list[ClientRound]:
     ]
 
 
-def _run_round(plan: Plan, engine: Any, state: Any,
-               round_num: int) -> tuple[Any, dict, dict]:
-    """Trains (and on evaluated rounds evaluates) round ``round_num``.
+def _run_round(plan: Plan, engine: Any, state: Any, round_num: int,
+               clock: float = 0.0) -> tuple[Any, dict, dict]:
+    """Trains (and on evaluated rounds evaluates) round ``round_num``; ``clock``
+    is the simulated time before it (with ``devices``).
 
     Returns:
       The new state, the round's ``History`` logs, and what it records per client
       (``_PER_CLIENT``'s keys: participants, training and evaluation metrics).
     """
     started = time.perf_counter()
-    clients = round_clients(plan, round_num)
-    state, result = engine.train_round(state, clients, round_num)
+    sampled = clients = round_clients(plan, round_num)
+    devices = None
+    if plan.devices is not None:  # who reports, and when (before anything trains)
+        devices = schedule_round(
+            plan.devices, sampled, round_num=round_num, seed=plan.seed,
+            batch_size=plan.batch_size,
+            target=plan.clients_per_round if plan.devices.over_selection else None,
+            bytes_to=engine.bytes_to_client, bytes_from=engine.bytes_from_client)
+        clients = devices.reporting
+    state, result = engine.train_round(state, clients, round_num,
+                                       dropped=devices.dropped if devices else ())
     seconds = time.perf_counter() - started
-    expected = plan.local_epochs * sum(num_rows(c.x) for c in clients)
+    expected = sum(sum(c.step_sizes(plan.batch_size)) for c in clients)
+    if result.skipped and sampled and not clients:
+        result = dataclasses.replace(result, skipped=(
+            f"none of the {len(sampled)} sampled clients reported (dropped out or too late)"))
     if result.skipped:
         warnings.warn(f"{_CALLER}: round {round_num + 1}: {result.skipped}; the global "
                       f"weights were kept.", RuntimeWarning, stacklevel=user_stacklevel())
@@ -438,11 +489,14 @@ def _run_round(plan: Plan, engine: Any, state: Any,
     logs.update(
         num_examples=result.num_examples,
         round_seconds=seconds,
-        bytes_to_clients=engine.bytes_to_client * len(clients),
+        # Every sampled client downloads the model; only those that report upload.
+        bytes_to_clients=engine.bytes_to_client * len(sampled),
         bytes_from_clients=engine.bytes_from_client * len(clients),
     )
     logs.update(result.aggregation)
-    logs.update(_round_extras(plan, clients, round_num))
+    logs.update(_round_extras(plan, sampled, clients, round_num))
+    if devices is not None:
+        logs.update(device_logs(plan.devices, devices, clock))
     evaluated: dict[str, dict[str, float]] = {}
     if (round_num + 1) % plan.evaluate_every == 0 or round_num == plan.rounds - 1:
         evaluation_logs, evaluated = _evaluate(plan, engine, state, round_num)
@@ -452,6 +506,25 @@ def _run_round(plan: Plan, engine: Any, state: Any,
         _CLIENT_TRAIN_METRICS: _plain(result.client_metrics or {}),
         _CLIENT_METRICS: evaluated,
     }
+
+
+def _run_buffered_round(plan: Plan, engine: Any, buffered: BufferedRounds, state: Any,
+                        round_num: int) -> tuple[Any, dict, dict]:
+    """One FedBuff server update (``asynchronous.py``), then evaluation as usual."""
+    started = time.perf_counter()
+    state, logs, per_client = buffered.round(state, round_num)
+    plan.model.set_weights(engine.get_weights(state))
+    clients = len(per_client[_PARTICIPANTS])
+    logs.update(round_seconds=time.perf_counter() - started,
+                bytes_to_clients=engine.bytes_to_client * clients,
+                bytes_from_clients=engine.bytes_from_client * clients)
+    evaluated: dict[str, dict[str, float]] = {}
+    if (round_num + 1) % plan.evaluate_every == 0 or round_num == plan.rounds - 1:
+        evaluation_logs, evaluated = _evaluate(plan, engine, state, round_num)
+        logs.update(evaluation_logs)
+    return state, logs, {_PARTICIPANTS: per_client[_PARTICIPANTS],
+                         _CLIENT_TRAIN_METRICS: _plain(per_client[_CLIENT_TRAIN_METRICS]),
+                         _CLIENT_METRICS: evaluated}
 
 
 def _participants(clients: Sequence[ClientRound], result: Any) -> list[str]:
@@ -465,18 +538,25 @@ def _participants(clients: Sequence[ClientRound], result: Any) -> list[str]:
     return [str(c.cid) for c in clients]
 
 
-def _round_extras(plan: Plan, clients: Sequence[ClientRound], round_num: int) -> dict:
+def _round_extras(plan: Plan, sampled: Sequence[ClientRound], clients: Sequence[ClientRound],
+                  round_num: int) -> dict:
     extras: dict[str, float] = {}
     if plan.client_sampling == "poisson":
-        extras["clients"] = len(clients)
+        extras["clients"] = len(sampled)
     if plan.attack is not None:
         extras["attackers"] = sum(c.cid in plan.attackers for c in clients)
     dp = plan.aggregator.dp
     if dp is not None:
         delta = dp.default_delta(len(plan.clients))
+        # The accountant takes the sampling that happened: with over-selection more
+        # clients are sampled; dropouts and deadlines (which do not depend on the
+        # data) only remove clients, so counting them stays an upper bound.
+        sampled_per_round = plan.sampled_per_round
         extras["epsilon"] = accounting.epsilon(
             dp.noise_multiplier, round_num + 1, delta=delta, sampling=plan.client_sampling,
-            num_clients=len(plan.clients), clients_per_round=plan.expected_clients,
+            num_clients=len(plan.clients),
+            clients_per_round=(plan.expected_clients if sampled_per_round is None
+                               or plan.client_sampling == "poisson" else sampled_per_round),
             accountant=dp.accountant)
         extras["dp_delta"] = delta
     return extras

@@ -48,7 +48,10 @@ from kerasfed._tf_startup import (
 __all__ = ["RoundProgress", "format_logs", "quiet_tensorflow", "resolve_verbose", "round_line"]
 
 # Counters that are not model quality; shown in the line only as the round's time.
-_NOT_SHOWN = ("num_examples", "round_seconds", "bytes_to_clients", "bytes_from_clients")
+_NOT_SHOWN = ("num_examples", "round_seconds", "bytes_to_clients", "bytes_from_clients",
+              # Simulated devices' counters and clock: History and plots have them.
+              "dropped", "stragglers", "partial_clients", "simulated_seconds",
+              "simulated_seconds_total", "staleness_mean", "staleness_max")
 
 # Shorter names for narrow terminals, applied in this order to each metric name.
 _SHORT_NAMES = (

@@ -45,6 +45,9 @@ class RoundContext:
         ``TopK``'s residuals), or None where there is none.
       step: The chain step's prefix (``"1/"``), set by ``Chain.run``: it names
         the step's tables, so two steps of one kind keep apart.
+      dropped: Clients sampled this round that dropped out after the masks were
+        agreed (they never report): ``SecureSum`` removes their pairwise masks as
+        SecAgg's unmasking does.
     """
 
     cids: Sequence[str]
@@ -54,6 +57,7 @@ class RoundContext:
     round_num: int
     client_states: Any = None
     step: str = ""
+    dropped: Sequence[str] = ()
 
     def rng(self, name: str) -> np.random.Generator:
         """The round's generator for ``name`` (e.g. ``"quantize"``)."""

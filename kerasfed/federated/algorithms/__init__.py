@@ -10,6 +10,7 @@ name                        value
 ``"mime"``                  ``MimeLite()`` (Karimireddy et al. 2021)
 ``"scaffold"``              ``Scaffold()`` (Karimireddy et al. 2020)
 ``"ditto"``                 ``Ditto(lam=0.1)`` (Li et al. 2021; personal models)
+``"fednova"``               ``FedNova()`` (Wang et al. 2020; unequal local steps)
 ==========================  =================================================
 
 Any other ``Algorithm`` subclass runs too (on the native engine): see
@@ -37,6 +38,7 @@ from kerasfed.federated.algorithms._base import (
 )
 from kerasfed.federated.algorithms.ditto import Ditto
 from kerasfed.federated.algorithms.fedavg import FedAvg
+from kerasfed.federated.algorithms.fednova import FedNova
 from kerasfed.federated.algorithms.fedprox import FedProx
 from kerasfed.federated.algorithms.fedsgd import FedSGD
 from kerasfed.federated.algorithms.mime import MimeLite
@@ -50,6 +52,7 @@ _REGISTRY: dict[str, Callable[[], Algorithm]] = {
     "mime": MimeLite,
     "scaffold": Scaffold,
     "ditto": Ditto,
+    "fednova": FedNova,
 }
 
 ALGORITHM_NAMES: tuple[str, ...] = tuple(_REGISTRY)
@@ -82,12 +85,12 @@ def get_algorithm(spec: AlgorithmLike) -> Algorithm:
     if isinstance(spec, type) and issubclass(spec, Algorithm):
         raise AlgorithmTypeError(
             f"Expected `algorithm` to be a name in {list(ALGORITHM_NAMES)} or an Algorithm "
-            f"(FedAvg, FedProx, FedSGD, MimeLite, Scaffold, Ditto, or a subclass of "
+            f"(FedAvg, FedProx, FedSGD, MimeLite, Scaffold, Ditto, FedNova, FedBuff, or a subclass of "
             f"kerasfed.Algorithm) instance. Received the class {spec.__name__}: pass an instance, "
             f"algorithm={spec.__name__}().")
     raise AlgorithmTypeError(
         f"Expected `algorithm` to be a name in {list(ALGORITHM_NAMES)} or an Algorithm "
-        f"(FedAvg, FedProx, FedSGD, MimeLite, Scaffold, Ditto, or a subclass of "
+        f"(FedAvg, FedProx, FedSGD, MimeLite, Scaffold, Ditto, FedNova, FedBuff, or a subclass of "
         f"kerasfed.Algorithm). Received: algorithm={spec!r} of type "
         f"{type(spec).__name__}."
     )
@@ -103,6 +106,7 @@ __all__ = [
     "ClientOutput",
     "Ditto",
     "FedAvg",
+    "FedNova",
     "FedProx",
     "FedSGD",
     "MimeLite",

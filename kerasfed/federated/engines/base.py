@@ -29,14 +29,26 @@ class ClientRound:
       order: ``(local_epochs, num_examples)`` example indices, one row per local
         epoch; each row is cut into consecutive batches of ``batch_size`` (the
         last one may be smaller), batches never spanning two epochs.
+      w: One sample weight per example, or None.
+      max_steps: The client takes only the first ``max_steps`` of those batches
+        (``fit_federated(local_steps=...)``, or a straggler's partial work at a
+        deadline), or None: all of them.
     """
 
     cid: str
     x: Any
     y: Any
     order: np.ndarray
-    #: One sample weight per example, or None.
     w: np.ndarray | None = None
+    max_steps: int | None = None
+
+    def step_sizes(self, batch_size: int) -> list[int]:
+        """The number of examples in each local step this client takes."""
+        sizes = []
+        for row in self.order:
+            n = len(row)
+            sizes.extend(min(batch_size, n - start) for start in range(0, n, batch_size))
+        return sizes if self.max_steps is None else sizes[: self.max_steps]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -147,6 +159,7 @@ class EngineSetup:
       client_learning_rate: The clients' learning rate by round (a
         ``RoundSchedule``), overriding ``client_optimizer.learning_rate`` (whose
         other settings stay), or None: the compiled optimizer's rate.
+      local_steps: The cap on a client's local steps per round, or None.
     """
 
     model: Any
@@ -173,6 +186,7 @@ class EngineSetup:
     num_clients: int | None = None
     client_states: Any = None  # client_state.ClientStateStore | None
     personal: Any = None  # personal_layers.PersonalWeights | None
+    local_steps: int | None = None
 
 
 class Engine(abc.ABC):
@@ -189,10 +203,11 @@ class Engine(abc.ABC):
         """The engine's server state holding ``weights`` (Keras order)."""
 
     @abc.abstractmethod
-    def train_round(self, state: Any, clients: Sequence[ClientRound],
-                    round_num: int) -> tuple[Any, RoundResult]:
+    def train_round(self, state: Any, clients: Sequence[ClientRound], round_num: int,
+                    *, dropped: Sequence[str] = ()) -> tuple[Any, RoundResult]:
         """Trains ``clients`` (round ``round_num``, from 0) from ``state``'s global
-        model; returns the new state."""
+        model; returns the new state. ``dropped``: ids of the round's sampled
+        clients that dropped out (a secure sum removes their masks)."""
 
     @abc.abstractmethod
     def evaluate(self, state: Any, clients: Sequence[ClientRound]) -> Evaluation:

@@ -25,12 +25,15 @@ class RoundAggregation:
         self.chain = chain
         self.attack = attack
         self._setup = setup
+        #: The round's sampled clients that dropped out (set by the engine each round).
+        self.dropped: Sequence[str] = ()
 
     def context(self, cids: Sequence[str], weights, round_num: int) -> RoundContext:
         return RoundContext(cids=list(cids), weights=np.asarray(weights, np.float64),
                             expected_clients=self._setup.expected_clients,
                             seed=self._setup.seed, round_num=round_num,
-                            client_states=self._setup.client_states)
+                            client_states=self._setup.client_states,
+                            dropped=tuple(self.dropped))
 
     def combine(self, aggregator_state: dict, trainable: Sequence[tf.Tensor], stacked,
                 weight: tf.Tensor, finite: tf.Tensor, cids: Sequence[str],

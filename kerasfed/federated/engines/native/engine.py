@@ -290,8 +290,9 @@ class NativeEngine(Engine):
         cap = LOCKSTEP_CHUNK_BYTES if self.form.startswith("lockstep") else SEQUENTIAL_CHUNK_BYTES
         return min(size, max(1, cap // max(weight_bytes, 1)))
 
-    def train_round(self, state: dict, clients: Sequence[ClientRound],
-                    round_num: int) -> tuple[dict, RoundResult]:
+    def train_round(self, state: dict, clients: Sequence[ClientRound], round_num: int,
+                    *, dropped: Sequence[str] = ()) -> tuple[dict, RoundResult]:
+        self._aggregation.dropped = dropped  # secure sums unmask what dropouts left
         for metrics in self._replica_metrics:
             for metric in metrics:
                 metric.reset_state()
@@ -325,6 +326,49 @@ class NativeEngine(Engine):
                                                shares, state["trainable"])
         self._rounds_run += 1
         return self._server_update(state, sums, gathered, [c.cid for c in clients], round_num)
+
+    def client_updates(self, state: dict, clients: Sequence[ClientRound],
+                       round_num: int) -> "ClientUpdates":
+        """Trains ``clients`` from ``state``'s global model and returns each one's
+        update, without a server step (asynchronous rounds apply them later)."""
+        for metrics in self._replica_metrics:
+            for metric in metrics:
+                metric.reset_state()
+        self._round_client_metrics = {}
+        round_inputs = {
+            "server": self._algorithm.broadcast(state["algorithm"]),
+            "learning_rate": tf.constant(self._client_rate(round_num), tf.float32),
+        }
+        shares = self._replicas.split([num_rows(c.x) for c in clients])
+        local = self._replicas.local_shares(shares)
+        results = self._train_shares(state, round_inputs, clients, local, keep=True)
+        gathered = combine.gather_in_order(self._replicas, [out for _, out in results],
+                                           shares, state["trainable"])
+        self._rounds_run += 1
+        update = gathered["update"]
+        rows = update if isinstance(update, np.ndarray) else np.concatenate(
+            [u.numpy().reshape(len(clients), -1) for u in update], axis=1)
+        finite = gathered["finite"].numpy() > 0
+        return ClientUpdates(
+            rows=rows, examples=gathered["examples"].numpy(), finite=finite,
+            metrics={str(c.cid): self._round_client_metrics.get(str(c.cid), {})
+                     for c in clients})
+
+    def apply_update(self, state: dict, rows: np.ndarray, participants: int,
+                     round_num: int) -> dict:
+        """The state after the server optimizer applies ``rows`` (one flat update,
+        combined outside, as the asynchronous buffer does)."""
+        mean = combine.unflatten(rows, state["trainable"])
+        context = ServerContext(
+            weights=state["trainable"], optimizer=self._server_rule_at(round_num),
+            optimizer_state=state["optimizer"], state=state["algorithm"], update=mean,
+            means={}, participants=participants, population=self._population(),
+            client_optimizer=self._client_rule_at(round_num), round_num=round_num)
+        new = dict(state)
+        if all(bool(tf.reduce_all(tf.math.is_finite(m))) for m in mean):
+            new["trainable"], new["optimizer"] = self._algorithm.server_update(context)
+        new["algorithm"] = self._algorithm.server_state_update(context)
+        return new
 
     def _train_shares(self, state: dict, round_inputs: dict, clients: Sequence[ClientRound],
                       local: list[list[int]], *, keep: bool) -> list[tuple]:
@@ -385,7 +429,7 @@ class NativeEngine(Engine):
         packed = pack_chunk(
             chunk, batch_size=self._batch_size, num_slots=slots,
             min_rows=self._setup.largest_client,
-            min_steps=self._setup.local_epochs * -(-self._setup.largest_client // self._batch_size),
+            min_steps=self._min_steps(),
         )
         real = np.zeros(slots, np.float32)
         real[: packed.real_clients] = 1.0
@@ -431,6 +475,12 @@ class NativeEngine(Engine):
         if self._personal_model_table is not None and kept:
             self._personal_model_table.write(kept, [t.numpy()[ok] for t in personal_out])
         return out
+
+    def _min_steps(self) -> int:
+        """The steps every chunk is padded to (the run's largest client's, capped)."""
+        steps = self._setup.local_epochs * -(-self._setup.largest_client // self._batch_size)
+        cap = self._setup.local_steps
+        return steps if cap is None else min(steps, cap)
 
     def _read_client_states(self, cids: Sequence[str], slots: int) -> list[tf.Tensor]:
         """The chunk's clients' own states, [slots, ...] per tensor (padding: the template)."""
@@ -639,6 +689,23 @@ class NativeEngine(Engine):
             chain=self._chain, expected_clients=self._setup.expected_clients,
             client_rule=self._client_rule, broadcast=self._probe.broadcast,
             extras=self._probe.extras, metrics=self._metrics)
+
+
+@dataclasses.dataclass(frozen=True)
+class ClientUpdates:
+    """Each client's update from ``NativeEngine.client_updates``, in the clients' order.
+
+    Attributes:
+      rows: ``[clients, values]``: each client's update, flattened.
+      examples: Examples each client trained on.
+      finite: Whether each client's update is all finite.
+      metrics: Each client's own training loss and metrics.
+    """
+
+    rows: np.ndarray
+    examples: np.ndarray
+    finite: np.ndarray
+    metrics: dict[str, dict[str, float]]
 
 
 def _slots_to_numpy(slots: dict) -> dict[str, list[np.ndarray]]:

@@ -50,7 +50,7 @@ def pack_chunk(
     clients' ``x`` and ``y`` is padded (zeros, or empty strings)."""
     rows = max(num_rows(c.x) for c in clients)
     rows = min_rows if rows <= min_rows else bucket(rows)
-    steps = max(c.order.shape[0] * math.ceil(c.order.shape[1] / batch_size) for c in clients)
+    steps = max(len(c.step_sizes(batch_size)) for c in clients)
     steps = min_steps if steps <= min_steps else bucket(steps)
 
     def padded(leaves_of_first: np.ndarray, parts: list[np.ndarray]) -> np.ndarray:
@@ -69,9 +69,11 @@ def pack_chunk(
     counts = np.zeros((num_slots, steps), np.float32)
     for slot, client in enumerate(clients):
         n = num_rows(client.x)
-        step = 0
+        step, last = 0, len(client.step_sizes(batch_size))
         for epoch_order in client.order:
             for start in range(0, n, batch_size):
+                if step == last:  # a step cap (local_steps, a straggler's partial work)
+                    break
                 part = epoch_order[start:start + batch_size]
                 batches[slot, step, : len(part)] = part
                 counts[slot, step] = len(part)

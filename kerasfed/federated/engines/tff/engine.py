@@ -154,10 +154,12 @@ class TffEngine(Engine):
 
     # -- Rounds ------------------------------------------------------------------
     def _datasets(self, clients: Sequence[ClientRound]) -> list[tf.data.Dataset]:
-        return [batches_in_order(c.x, c.y, c.order, self._batch_size) for c in clients]
+        return [_capped(batches_in_order(c.x, c.y, c.order, self._batch_size), c.max_steps)
+                for c in clients]
 
-    def train_round(self, state: Any, clients: Sequence[ClientRound],
-                    round_num: int) -> tuple[Any, RoundResult]:
+    def train_round(self, state: Any, clients: Sequence[ClientRound], round_num: int,
+                    *, dropped: Sequence[str] = ()) -> tuple[Any, RoundResult]:
+        del dropped  # TFF's secure sum runs over the clients that report
         if not clients:  # Poisson sampling drew none; TFF cannot run an empty round
             return state, RoundResult(
                 metrics={name: float("nan") for name in self._metric_names}, num_examples=0,
@@ -283,3 +285,6 @@ class _WeightLayout:
         return weights
 
 
+def _capped(dataset: tf.data.Dataset, max_steps: int | None) -> tf.data.Dataset:
+    """The first ``max_steps`` batches (a step cap or a straggler's partial work)."""
+    return dataset if max_steps is None else dataset.take(max_steps)

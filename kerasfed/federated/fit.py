@@ -166,7 +166,10 @@ def fit_federated(
         ``(seed, round, client)`` (default True); False keeps each client's order,
         as Keras ``fit(shuffle=False)`` does.
       algorithm: ``"fedavg"`` (default), ``"fedavg_unweighted"``, ``"fedsgd"``,
-        ``"fedprox"``, ``"mime"``, or an instance such as ``FedProx(mu=0.1)``.
+        ``"fedprox"``, ``"mime"``, ``"scaffold"``, ``"ditto"``, ``"fednova"``, or an
+        instance such as ``FedProx(mu=0.1)``; ``FedBuff(buffer_size, concurrency)``
+        trains asynchronously (each round is one server update, see
+        docs/devices.md).
       server_optimizer: ``"sgd"`` (default), ``"adam"``, ``"yogi"``, ``"adagrad"``,
         or an instance such as ``ServerSGD(momentum=0.9)``.
       server_learning_rate: The server optimizer's learning rate (default 1.0:

@@ -64,7 +64,7 @@ from kerasfed.federated.engines.native.form import choose_form as _choose_form
 from kerasfed.federated.engines.native.form import clients_in_flight as _clients_in_flight
 from kerasfed.federated.engines.native.form import side_by_side  # noqa: F401
 from kerasfed.federated.engines.native.optimizers import client_rule, server_rule
-from kerasfed.federated.engines.native.packing import pack_chunk
+from kerasfed.federated.engines.native.packing import bucket, pack_chunk
 from kerasfed.federated.engines.native.payload import payload_bytes
 from kerasfed.federated.replicas import Replicas
 
@@ -107,6 +107,7 @@ class NativeEngine(Engine):
         self._replica_metrics = [self._metrics] + [
             [make() for make in setup.parts.metrics] for _ in self._replicas.devices[1:]]
         self._rounds_run = 0
+        self._traced_slots: set[int] = set()  # chunk sizes the client work was traced for
         # Each client's own training metrics this round, filled chunk by chunk.
         self._client_metric_names = per_client_names(self._metrics)
         self._round_client_metrics: dict[str, dict[str, float]] = {}
@@ -397,7 +398,7 @@ class NativeEngine(Engine):
                      replica: int, *, holds_first: bool, keep: bool) -> tuple[dict, dict | None]:
         in_flight = self._works[replica].in_flight
         size = chunk_size(len(clients), max(1, self.max_parallel_clients(clients)), in_flight)
-        slots = -(-size // in_flight) * in_flight
+        slots = self._chunk_shape(-(-size // in_flight) * in_flight)
         # One replica keeps the updates as the rows of one numpy array, filled chunk
         # by chunk (what the combiners take); replicas keep tensors to gather.
         flat = not self._replicas.distributed
@@ -423,6 +424,19 @@ class NativeEngine(Engine):
         if flat:
             kept["update"] = rows
         return sums, kept
+
+    def _chunk_shape(self, slots: int) -> int:
+        """The slots of a chunk that needs ``slots``: a chunk shape already traced
+        that holds them with at most a bucket's padding (25%), else ``slots``.
+
+        Rounds whose number of clients varies (dropout, deadlines, Poisson
+        sampling) then retrace a few times, not once per count (a trace costs
+        seconds); rounds of one size keep their exact shape.
+        """
+        fits = [s for s in self._traced_slots if slots <= s <= bucket(slots)]
+        chosen = min(fits) if fits else slots
+        self._traced_slots.add(chosen)
+        return chosen
 
     def _run_chunk(self, state: dict, round_inputs: dict, chunk: Sequence[ClientRound],
                    slots: int, replica: int = 0) -> dict:

@@ -17,14 +17,14 @@ fresh machine with only python3 and pip needs nothing else:
 environment is already in sync. The lock carries an override of TFF's jax/jaxlib
 pin (see pyproject.toml [tool.uv]), which is why plain pip cannot install TFF.
 
-`python3 dev.py test` (what CI runs) also checks the package as users get it, after
-the two test suites: it builds the documentation (`mkdocs build --strict`), builds
-the wheel and sdist, installs the wheel into clean environments (Python 3.13 +
-TensorFlow 2.21; Python 3.12 + TensorFlow 2.16 installed first, kerasfed beside it)
-and runs tests/smoke/ there from a temporary directory. `python3 dev.py smoke` and
-`python3 dev.py docs` run those steps alone. Interpreters come from pyenv, the PATH,
-or uv (which downloads one where it can); KERASFED_PYTHON_3_12=/path/to/python
-(and _3_13) names one.
+`python3 dev.py test` (what CI runs) also checks the package as users get it, beside
+the test suites once the first of them ends: it builds the documentation (`mkdocs
+build --strict`), builds the wheel and sdist, installs the wheel into clean
+environments (Python 3.13 + TensorFlow 2.21; Python 3.12 + TensorFlow 2.16 installed
+first, kerasfed beside it) and runs tests/smoke/ there from a temporary directory.
+`python3 dev.py smoke` and `python3 dev.py docs` run those steps alone. Interpreters
+come from pyenv, the PATH, or uv (which downloads one where it can);
+KERASFED_PYTHON_3_12=/path/to/python (and _3_13) names one.
 
 Other commands: `python3 dev.py bench [--env ENV] NAME [args]` runs benchmarks/NAME.py
 in environment ENV (default: default; a benchmark may start contestants in other
@@ -95,7 +95,21 @@ def ensure_env(name: str) -> Path:
 
 
 def _quiet_env() -> dict[str, str]:
-    return dict(os.environ, TF_CPP_MIN_LOG_LEVEL=os.environ.get("TF_CPP_MIN_LOG_LEVEL", "2"))
+    """os.environ with TensorFlow's C++ log at warnings, and Python's bytecode caches on.
+
+    PYTHONDONTWRITEBYTECODE=1 (a common default of container images) leaves the
+    environments without .pyc files, as `uv sync` installs none: then every Python
+    process compiles TensorFlow's sources again on import. Measured on this 2-core
+    machine, without the caches and with them: `import kerasfed, tensorflow` 15.6 s
+    and 5.7 s (TF 2.14), 21.4 s and 6.9 s (TF 2.21); tests/test_install.py 40 s and
+    20 s (TF 2.14), 54 s and 27 s (TF 2.21). The first process of a run writes the
+    caches (into the environments, and __pycache__/ of the checkout, which git
+    ignores; wheels never contain them); the tests start dozens of processes that
+    import TensorFlow (launched workers, notebook kernels, examples).
+    """
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL=os.environ.get("TF_CPP_MIN_LOG_LEVEL", "2"))
+    env.pop("PYTHONDONTWRITEBYTECODE", None)
+    return env
 
 
 def demo(args: list[str]) -> int:
@@ -110,49 +124,66 @@ def demo(args: list[str]) -> int:
 # (killed processes, restarts) of kerasfed's own process and checkpoint logic, which
 # trains with TensorFlow but takes no path that differs between TF versions (the
 # equality tests of the same features run in both suites). Those run once, in the
-# newest-TF suite, which has less to do; the two suites then end at about the same time.
+# newest-TF suite, which has less to do.
 DEFAULT_SUITE = "not tf_independent and not newest_tf_only"
 LATEST_SUITE = "distributed or native or install or tf_independent or newest_tf_only"
+# The default suite is the longest (35 min of 61 in CI run 7), so it runs as two
+# pytest processes of about equal length: the TFF tests (`federated`) and the rest.
+# Together they select exactly DEFAULT_SUITE.
+DEFAULT_SUITE_PARTS = {
+    "tf2.14-tff": f"({DEFAULT_SUITE}) and federated",
+    "tf2.14": f"({DEFAULT_SUITE}) and not federated",
+}
+# Jobs running at once. Three test processes on two cores share them and end at about
+# the same time whichever is longest (with two, the longest suite alone set CI's time
+# while the other core idled); the packaging checks take the first slot that frees.
+SLOTS = 3
 PYTEST_NO_TESTS_SELECTED = 5  # pytest's exit code when -m leaves nothing to run
 
 
 def test(args: list[str]) -> int:
-    """The suite in the default environment and, at the same time, the data-parallel,
-    native-engine and TF-independent tests on the newest TF (DEFAULT_SUITE,
-    LATEST_SUITE); then, without pytest arguments (CI's form), the packaging checks:
+    """The suite in the default environment (DEFAULT_SUITE, in two parts) and, at the
+    same time, the data-parallel, native-engine and TF-independent tests on the newest
+    TF (LATEST_SUITE); without pytest arguments (CI's form), also the packaging checks:
     docs, wheel, smoke environments.
 
     Side by side because part of the suites' time is spent waiting on worker
     processes (TensorFlow imports, gRPC start-up, launcher restarts): measured on 2
-    cores, 18.6 min side by side against 21.4 min one after the other.
-    KERASFED_TEST_SERIAL=1 runs them one after the other. Each output line is
-    prefixed with its environment. The packaging checks come after the suites (they
-    would slow them down as much as they gain); KERASFED_SKIP_PACKAGING=1 leaves them out.
+    cores, 18.6 min side by side against 21.4 min one after the other. SLOTS jobs run
+    at a time; the packaging checks start when the first test job ends (after all of
+    them, they kept a core idle for ~2 min). KERASFED_TEST_SERIAL=1 runs everything
+    one after the other. Each output line is prefixed with its job's name.
+    KERASFED_SKIP_PACKAGING=1 leaves the packaging out.
     """
-    suites = [
-        # --durations: the slowest tests in every run's output, where CI time goes.
-        ("tf2.14", [ensure_env("default"), "-m", "pytest", "--durations=40", "-m",
-                    DEFAULT_SUITE, *args]),
-        ("tf2.21", [ensure_env("latest"), "-m", "pytest", "--durations=40", "-m",
-                    LATEST_SUITE, *args]),
-    ]
+    default, latest = ensure_env("default"), ensure_env("latest")
+    # --durations: the slowest tests in every run's output, where CI time goes.
+    suites = [(name, [default, "-m", "pytest", "--durations=40", "-m", marks, *args])
+              for name, marks in DEFAULT_SUITE_PARTS.items()]
+    suites.append(("tf2.21", [latest, "-m", "pytest", "--durations=40", "-m", LATEST_SUITE,
+                              *args]))
+    jobs = list(suites)
+    packaging = not args and not os.environ.get("KERASFED_SKIP_PACKAGING")
+    if packaging:
+        # In order, in whichever slot frees first; each a `dev.py` command of its own.
+        jobs += [(name, [sys.executable, Path(__file__).resolve(), name])
+                 for name in ("docs", "smoke")]
     if os.environ.get("KERASFED_TEST_SERIAL"):
-        codes = [_run(cmd, cwd=ROOT, env=_quiet_env()) for _, cmd in suites]
+        codes = [_run(cmd, cwd=ROOT, env=_quiet_env()) for _, cmd in jobs]
     else:
-        codes = _run_side_by_side(suites)
-    if args and any(code != PYTEST_NO_TESTS_SELECTED for code in codes):
+        codes = _run_side_by_side(jobs, slots=SLOTS)
+    tests = codes[:len(suites)]
+    if args and any(code != PYTEST_NO_TESTS_SELECTED for code in tests):
         # `dev.py test tests/test_launch.py`: a file may have no test for one suite.
-        codes = [0 if code == PYTEST_NO_TESTS_SELECTED else code for code in codes]
+        tests = [0 if code == PYTEST_NO_TESTS_SELECTED else code for code in tests]
+    default_code = next((code for code in tests[:-1] if code), 0)
     summary = [
-        f"default environment (TF 2.14 + TFF) exit {codes[0]}",
+        f"default environment (TF 2.14 + TFF) exit {default_code}",
         f"newest TensorFlow (data-parallel, native-engine, install and TF-independent tests) "
-        f"exit {codes[1]}",
+        f"exit {tests[-1]}",
     ]
-    if not args and not os.environ.get("KERASFED_SKIP_PACKAGING"):
-        codes.append(docs([]))
-        summary.append(f"docs build exit {codes[-1]}")
-        codes.append(smoke([]))
-        summary.append(f"wheel smoke environments exit {codes[-1]}")
+    codes = [*tests, *codes[len(suites):]]
+    if packaging:
+        summary += [f"docs build exit {codes[-2]}", f"wheel smoke environments exit {codes[-1]}"]
     print(f"dev.py test: {'; '.join(summary)}", flush=True)
     return next((code for code in codes if code), 0)
 
@@ -332,37 +363,54 @@ def smoke(args: list[str]) -> int:
     return next((code for _, code, _ in results if code), 0)
 
 
-def _run_side_by_side(suites: list[tuple[str, list]]) -> list[int]:
-    """Runs the commands at once, each line of their output prefixed; their exit codes."""
+def _run_side_by_side(jobs: list[tuple[str, list]], slots: int) -> list[int]:
+    """Runs the commands, `slots` at a time in the given order (the next one starts when
+    one ends), each line of their output prefixed with the job's name, and the time
+    each took printed when it ends; returns their exit codes, in order."""
     import threading  # noqa: PLC0415
 
     lock = threading.Lock()
-    procs = []
-    for name, cmd in suites:
-        print(f"+ [{name}]", " ".join(str(c) for c in cmd), flush=True)
-        procs.append(subprocess.Popen([str(c) for c in cmd], cwd=ROOT, env=_quiet_env(),
-                                      stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                      text=True, bufsize=1))
+    codes: list[int | None] = [None] * len(jobs)
+    free = threading.Semaphore(slots)
+    running: list[subprocess.Popen] = []
+    threads = []
 
-    def relay(name: str, proc: subprocess.Popen) -> None:
-        for line in proc.stdout:
-            with lock:
-                sys.stdout.write(f"[{name}] {line}")
-                sys.stdout.flush()
+    def say(text: str) -> None:
+        with lock:
+            sys.stdout.write(text)
+            sys.stdout.flush()
 
-    threads = [threading.Thread(target=relay, args=(name, proc))
-               for (name, _), proc in zip(suites, procs)]
-    for t in threads:
-        t.start()
+    def relay(index: int, proc: subprocess.Popen, started: float) -> None:
+        name = jobs[index][0]
+        try:
+            for line in proc.stdout:
+                say(f"[{name}] {line}")
+            codes[index] = proc.wait()
+            minutes, seconds = divmod(round(time.monotonic() - started), 60)
+            say(f"dev.py test: [{name}] exit {codes[index]} after {minutes}:{seconds:02d}\n")
+        finally:
+            free.release()
+
     try:
-        codes = [proc.wait() for proc in procs]
-    finally:  # interrupted: stop both suites (pytest ends its own children)
-        for proc in procs:
+        for index, (name, cmd) in enumerate(jobs):
+            free.acquire()
+            say(f"+ [{name}] {' '.join(str(c) for c in cmd)}\n")
+            proc = subprocess.Popen([str(c) for c in cmd], cwd=ROOT, env=_quiet_env(),
+                                    stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                    text=True, bufsize=1)
+            running.append(proc)
+            thread = threading.Thread(target=relay, args=(index, proc, time.monotonic()))
+            thread.start()
+            threads.append(thread)
+        for thread in threads:
+            thread.join()
+    finally:  # interrupted: stop every job (pytest ends its own children)
+        for proc in running:
             if proc.poll() is None:
                 proc.terminate()
-        for t in threads:
-            t.join()
-    return codes
+        for thread in threads:
+            thread.join()
+    return [code if code is not None else 1 for code in codes]
 
 
 def bench(args: list[str]) -> int:

@@ -261,7 +261,9 @@ class BufferedRounds:
             now = min(f.finish for f in state.in_flight)
             done = sorted((f for f in state.in_flight if f.finish == now), key=lambda f: f.seq)
             state.clock = now
-            self._train_waiting(engine_state, round_num)
+            if any(f.update is None and not f.failed for f in done):
+                # Everyone waiting on this model trains at once (one engine call).
+                self._train_waiting(engine_state, round_num)
             taken = 0
             for f in done:
                 if len(buffer) == algorithm.buffer_size:

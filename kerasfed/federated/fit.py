@@ -474,8 +474,9 @@ def _run_round(plan: Plan, engine: Any, state: Any, round_num: int,
             target=plan.clients_per_round if plan.devices.over_selection else None,
             bytes_to=engine.bytes_to_client, bytes_from=engine.bytes_from_client)
         clients = devices.reporting
-    state, result = engine.train_round(state, clients, round_num,
-                                       dropped=devices.dropped if devices else ())
+    # Dropped ids only when some client dropped out (a secure sum unmasks them).
+    dropped = {"dropped": devices.dropped} if devices is not None and devices.dropped else {}
+    state, result = engine.train_round(state, clients, round_num, **dropped)
     seconds = time.perf_counter() - started
     expected = sum(sum(c.step_sizes(plan.batch_size)) for c in clients)
     if result.skipped and sampled and not clients:

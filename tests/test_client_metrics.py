@@ -190,8 +190,8 @@ def _with_train_metrics(monkeypatch):
         engine = real(name, setup)
         train_round = engine.train_round
 
-        def reporting(state, clients, round_num):
-            state, result = train_round(state, clients, round_num)
+        def reporting(state, clients, round_num, **kwargs):
+            state, result = train_round(state, clients, round_num, **kwargs)
             made_up = {c.cid: {"loss": round_num + i / 10, "accuracy": np.float32(0.5)}
                        for i, c in enumerate(clients)}
             return state, dataclasses.replace(result, client_metrics=made_up)

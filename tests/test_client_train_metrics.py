@@ -59,8 +59,8 @@ def _round_results(monkeypatch, form: str):
     results = []
     train_round = native.NativeEngine.train_round
 
-    def spy(self, state, clients, round_num):
-        state, result = train_round(self, state, clients, round_num)
+    def spy(self, state, clients, round_num, **kwargs):
+        state, result = train_round(self, state, clients, round_num, **kwargs)
         results.append(result)
         return state, result
 

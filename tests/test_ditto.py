@@ -71,8 +71,8 @@ def test_ditto_equals_numpy(form, monkeypatch):
     kept = {}
     train_round = native.NativeEngine.train_round
 
-    def spy(self, state, round_clients, round_num):
-        state, result = train_round(self, state, round_clients, round_num)
+    def spy(self, state, round_clients, round_num, **kwargs):
+        state, result = train_round(self, state, round_clients, round_num, **kwargs)
         kept.update(self.personal_models([c.cid for c in round_clients]))
         return state, result
 

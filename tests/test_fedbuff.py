@@ -107,6 +107,8 @@ def test_fedbuff_settings_are_checked_before_training():
             devices=kerasfed.Devices(speed=1.0, deadline=2.0))
     with pytest.raises(kerasfed.FederatedArgumentError, match="poisson"):
         fit(kerasfed.FedBuff(concurrency=3), client_sampling="poisson", clients_per_round=3)
+    with pytest.raises(kerasfed.FederatedArgumentError, match="without attacks"):
+        fit(kerasfed.FedBuff(concurrency=3), attack=kerasfed.Attack("sign_flip", fraction=0.3))
     bad = kerasfed.FedBuff(buffer_size=1, concurrency=2, staleness=lambda tau: -1.0)
     with pytest.raises(kerasfed.AlgorithmError, match="returned -1.0"):
         fit(bad, rounds=2)

@@ -73,8 +73,8 @@ def _own_values(monkeypatch):
     kept = {}
     train_round = native.NativeEngine.train_round
 
-    def spy(self, state, round_clients, round_num):
-        state, result = train_round(self, state, round_clients, round_num)
+    def spy(self, state, round_clients, round_num, **kwargs):
+        state, result = train_round(self, state, round_clients, round_num, **kwargs)
         cids = sorted(c.cid for c in round_clients)
         trainable = self._client_table.read(cids) if self._client_table else []
         own_state = self._own_table.read(cids) if self._own_table else []

@@ -188,6 +188,7 @@ class BufferedRounds:
         self._make_client = make_client
         self.state = state if state is not None else AsyncState()
         self._devices = plan.devices
+        self._block: tuple[int, list[str]] = (-1, [])  # the stream's current sample
 
     # -- the simulated clients --------------------------------------------------
     def _duration(self, client: Any) -> float:
@@ -211,10 +212,12 @@ class BufferedRounds:
 
         state, c = self.state, self._algorithm.concurrency
         busy = {f.cid for f in state.in_flight}
-        ids = self._plan.clients.client_ids
         while count > 0:
             block, i = divmod(state.stream, c)
-            cid = sample_clients(ids, c, block, self._plan.seed)[i]
+            if self._block[0] != block:  # one sample per block, not per start
+                self._block = (block, sample_clients(self._plan.clients.client_ids, c, block,
+                                                     self._plan.seed))
+            cid = self._block[1][i]
             state.stream += 1
             if cid in busy:  # a client trains one task at a time
                 continue

@@ -474,9 +474,8 @@ def _run_round(plan: Plan, engine: Any, state: Any, round_num: int,
             target=plan.clients_per_round if plan.devices.over_selection else None,
             bytes_to=engine.bytes_to_client, bytes_from=engine.bytes_from_client)
         clients = devices.reporting
-    # Dropped ids only when some client dropped out (a secure sum unmasks them).
-    dropped = {"dropped": devices.dropped} if devices is not None and devices.dropped else {}
-    state, result = engine.train_round(state, clients, round_num, **dropped)
+    state, result = engine.train_round(state, clients, round_num,
+                                       dropped=devices.dropped if devices else ())
     seconds = time.perf_counter() - started
     expected = sum(sum(c.step_sizes(plan.batch_size)) for c in clients)
     if result.skipped and sampled and not clients:
@@ -501,10 +500,8 @@ def _run_round(plan: Plan, engine: Any, state: Any, round_num: int,
     logs.update(_round_extras(plan, sampled, clients, round_num))
     if devices is not None:
         logs.update(device_logs(plan.devices, devices, clock))
-    evaluated: dict[str, dict[str, float]] = {}
-    if (round_num + 1) % plan.evaluate_every == 0 or round_num == plan.rounds - 1:
-        evaluation_logs, evaluated = _evaluate(plan, engine, state, round_num)
-        logs.update(evaluation_logs)
+    evaluation_logs, evaluated = _evaluate_if_due(plan, engine, state, round_num)
+    logs.update(evaluation_logs)
     return state, logs, {
         _PARTICIPANTS: _participants(clients, result),
         _CLIENT_TRAIN_METRICS: _plain(result.client_metrics or {}),
@@ -522,10 +519,8 @@ def _run_buffered_round(plan: Plan, engine: Any, buffered: BufferedRounds, state
     logs.update(round_seconds=time.perf_counter() - started,
                 bytes_to_clients=engine.bytes_to_client * clients,
                 bytes_from_clients=engine.bytes_from_client * clients)
-    evaluated: dict[str, dict[str, float]] = {}
-    if (round_num + 1) % plan.evaluate_every == 0 or round_num == plan.rounds - 1:
-        evaluation_logs, evaluated = _evaluate(plan, engine, state, round_num)
-        logs.update(evaluation_logs)
+    evaluation_logs, evaluated = _evaluate_if_due(plan, engine, state, round_num)
+    logs.update(evaluation_logs)
     return state, logs, {_PARTICIPANTS: per_client[_PARTICIPANTS],
                          _CLIENT_TRAIN_METRICS: _plain(per_client[_CLIENT_TRAIN_METRICS]),
                          _CLIENT_METRICS: evaluated}
@@ -584,6 +579,14 @@ def _warn_non_finite(round_num: int, result: Any, expected_examples: int) -> Non
         RuntimeWarning,
         stacklevel=user_stacklevel(),
     )
+
+
+def _evaluate_if_due(plan: Plan, engine: Any, state: Any,
+                     round_num: int) -> tuple[dict[str, float], dict[str, dict[str, float]]]:
+    """``_evaluate`` on evaluated rounds (every ``evaluate_every``-th and the last)."""
+    if (round_num + 1) % plan.evaluate_every == 0 or round_num == plan.rounds - 1:
+        return _evaluate(plan, engine, state, round_num)
+    return {}, {}
 
 
 def _evaluate(plan: Plan, engine: Any, state: Any,

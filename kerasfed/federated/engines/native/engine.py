@@ -294,16 +294,9 @@ class NativeEngine(Engine):
     def train_round(self, state: dict, clients: Sequence[ClientRound], round_num: int,
                     *, dropped: Sequence[str] = ()) -> tuple[dict, RoundResult]:
         self._aggregation.dropped = dropped  # secure sums unmask what dropouts left
-        for metrics in self._replica_metrics:
-            for metric in metrics:
-                metric.reset_state()
-        self._round_client_metrics = {}
+        round_inputs = self._start_round(state, round_num)
         if not clients:
             return self._empty_round(state, round_num)
-        round_inputs = {
-            "server": self._algorithm.broadcast(state["algorithm"]),
-            "learning_rate": tf.constant(self._client_rate(round_num), tf.float32),
-        }
         # Every worker divides the round's clients the same way, trains its own
         # replicas' shares, then sums (or, for robust combiners, gathers) the results.
         shares = self._replicas.split([num_rows(c.x) for c in clients])
@@ -328,18 +321,22 @@ class NativeEngine(Engine):
         self._rounds_run += 1
         return self._server_update(state, sums, gathered, [c.cid for c in clients], round_num)
 
-    def client_updates(self, state: dict, clients: Sequence[ClientRound],
-                       round_num: int) -> "ClientUpdates":
-        """Trains ``clients`` from ``state``'s global model and returns each one's
-        update, without a server step (asynchronous rounds apply them later)."""
+    def _start_round(self, state: dict, round_num: int) -> dict:
+        """Resets the round's metrics; returns what every client receives."""
         for metrics in self._replica_metrics:
             for metric in metrics:
                 metric.reset_state()
         self._round_client_metrics = {}
-        round_inputs = {
+        return {
             "server": self._algorithm.broadcast(state["algorithm"]),
             "learning_rate": tf.constant(self._client_rate(round_num), tf.float32),
         }
+
+    def client_updates(self, state: dict, clients: Sequence[ClientRound],
+                       round_num: int) -> "ClientUpdates":
+        """Trains ``clients`` from ``state``'s global model and returns each one's
+        update, without a server step (asynchronous rounds apply them later)."""
+        round_inputs = self._start_round(state, round_num)
         shares = self._replicas.split([num_rows(c.x) for c in clients])
         local = self._replicas.local_shares(shares)
         results = self._train_shares(state, round_inputs, clients, local, keep=True)
